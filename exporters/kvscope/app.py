@@ -1,0 +1,88 @@
+"""Wiring: configuration -> node context -> collectors -> runtime -> HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from kvscope import collectors
+from kvscope.config import Config, ConfigError
+from kvscope.context import NodeContext
+from kvscope.runtime import Runtime
+from kvscope.server import build_app
+from kvscope.webconfig import load_web_config, ssl_context
+
+log = logging.getLogger(__name__)
+
+
+def build_context(config: Config, *, oneshot: bool = False, fault_delay: float | None = None,
+                  latency_scale: float = 1.0, sim_node: Any = None) -> NodeContext:
+    """The node context; with a scenario (or a given sim node) every seam is simulated."""
+    ctx = NodeContext(config=config, oneshot=oneshot)
+    node = sim_node
+    if node is None and config.scenario is not None:
+        from kvscope.sim.scenarios import SimOptions, build_scenario
+
+        delay = fault_delay if fault_delay is not None else (0.0 if oneshot else 30.0)
+        opts = SimOptions(hostname=config.node_name, fault_delay=delay,
+                          latency_scale=latency_scale)
+        try:
+            node = build_scenario(config.scenario, opts)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if node is not None:
+        from kvscope.sim.nvml import FakeNvml
+
+        ctx.sim = node
+        ctx.nvml = FakeNvml(node)
+    return ctx
+
+
+def build_runtime(ctx: NodeContext) -> Runtime:
+    return Runtime(collectors.build(ctx), staleness_factor=ctx.config.staleness_factor)
+
+
+async def collect_once(ctx: NodeContext) -> bytes:
+    runtime = build_runtime(ctx)
+    try:
+        await runtime.poll_all_once()
+        return runtime.exposition()
+    finally:
+        await runtime.stop()
+
+
+async def serve(ctx: NodeContext) -> None:
+    """Serve until SIGTERM or SIGINT, then stop pollers and release NVML cleanly."""
+    config = ctx.config
+    web_config = load_web_config(config.web.config_file) if config.web.config_file else None
+    tls = None
+    if web_config is not None and web_config.tls_server_config is not None:
+        tls = ssl_context(web_config.tls_server_config, config.web.config_file)  # type: ignore[arg-type]
+    runtime = build_runtime(ctx)
+    runner = web.AppRunner(build_app(runtime, web_config), access_log=None)
+    await runner.setup()
+    host, port = config.web.host_port()
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {config.web.listen_address}: {exc.strerror}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    scheme = "https" if tls else "http"
+    log.info("listening on %s://%s:%d/metrics (collectors: %s)", scheme, host, port,
+             ", ".join(c.name for c in runtime.collectors))
+    await runtime.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runtime.stop()
+        await runner.cleanup()

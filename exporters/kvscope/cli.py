@@ -1,0 +1,144 @@
+"""The `kvscope` command. Flags follow node_exporter's conventions (`--web.listen-address`,
+`--collector.<name>` / `--no-collector.<name>`); flags win over the config file."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kvscope import __version__
+from kvscope.collectors import REGISTRY
+from kvscope.config import Config, ConfigError, load
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _common_options(fn: F) -> F:
+    options = [
+        click.option("--config", "config_file", type=click.Path(path_type=Path),
+                     help="YAML configuration file."),
+        click.option("--web.listen-address", "listen_address",
+                     help="Address to listen on, [host]:port (default :9447)."),
+        click.option("--web.config.file", "web_config_file", type=click.Path(path_type=Path),
+                     help="exporter-toolkit web config: TLS and basic auth."),
+        click.option("--path.sysfs", "sysfs", type=click.Path(path_type=Path),
+                     help="sysfs mount point (default /sys)."),
+        click.option("--path.procfs", "procfs", type=click.Path(path_type=Path),
+                     help="procfs mount point (default /proc)."),
+        click.option("--scenario", help="Serve the simulated node in this scenario."),
+        click.option("--log.level", "log_level",
+                     type=click.Choice(["debug", "info", "warning", "error"])),
+    ]
+    for name in REGISTRY:
+        options.append(click.option(f"--collector.{name}/--no-collector.{name}",
+                                    f"collector_{name}", default=None,
+                                    help=f"Enable the {name} collector."))
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
+    mapping = {"listen_address": "web.listen_address", "web_config_file": "web.config_file",
+               "sysfs": "paths.sysfs", "procfs": "paths.procfs", "scenario": "scenario",
+               "log_level": "log_level"}
+    out = {dotted: kwargs[key] for key, dotted in mapping.items() if kwargs.get(key) is not None}
+    for name in REGISTRY:
+        value = kwargs.get(f"collector_{name}")
+        if value is not None:
+            out[f"collectors.{name}.enabled"] = value
+    return out
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"kvscope: error: {message}", err=True)
+    sys.exit(2)
+
+
+def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn configuration mistakes into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        try:
+            config = load(kwargs.pop("config_file"), _overrides(kwargs))
+            _setup_logging(config.log_level)
+            return fn(config, **{k: v for k, v in kwargs.items() if k in _extra_params(fn)})
+        except ConfigError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            return None
+
+    return wrapper
+
+
+def _extra_params(fn: Callable[..., Any]) -> set[str]:
+    return set(fn.__code__.co_varnames[1:fn.__code__.co_argcount])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """kvscope: GPU, NVLink, RDMA and inference-engine metrics for PD-disaggregated serving."""
+
+
+@main.command()
+@_common_options
+@_run
+def serve(config: Config) -> None:
+    """Serve /metrics for this node's hardware (or the simulated node with --scenario)."""
+    from kvscope.app import build_context, serve as serve_forever
+
+    asyncio.run(serve_forever(build_context(config)))
+
+
+@main.command()
+@_common_options
+@click.option("--sim.fault-delay", "fault_delay", type=float, default=30.0, show_default=True,
+              help="Seconds before the scenario's fault strikes.")
+@_run
+def demo(config: Config, fault_delay: float) -> None:
+    """Serve the simulated node (default scenario: healthy). No GPU needed."""
+    from kvscope.app import build_context, serve as serve_forever
+
+    if config.scenario is None:
+        config = config.model_copy(update={"scenario": "healthy"})
+    asyncio.run(serve_forever(build_context(config, fault_delay=fault_delay)))
+
+
+@main.command()
+@_common_options
+@_run
+def collect(config: Config) -> None:
+    """Poll every enabled collector once, print the exposition, exit 0 (failures show in _up)."""
+    from kvscope.app import build_context, collect_once
+
+    body = asyncio.run(collect_once(build_context(config, oneshot=True)))
+    sys.stdout.write(body.decode())
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"kvscope {__version__}")
+
+
+@main.command()
+def scenarios() -> None:
+    """List the simulated node's scenarios."""
+    from kvscope.sim.scenarios import SCENARIOS
+
+    for scenario in SCENARIOS.values():
+        click.echo(f"{scenario.name:<16} {scenario.description}")

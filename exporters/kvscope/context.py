@@ -1,0 +1,22 @@
+"""What collectors share: the configuration, the simulated node (if any) and cross-collector state.
+
+Pod attribution (issue: topology) writes `gpu_pods`; the GPU collector reads it when it labels
+its series, so a new pod shows up on the next fast poll without a scrape doing any lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvscope.config import Config
+
+
+@dataclass
+class NodeContext:
+    config: Config
+    sim: Any = None  # kvscope.sim.SimNode when serving the simulated node
+    nvml: Any = None  # NVML library object shared by collectors: pynvml, or the sim's fake
+    gpu_pods: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # UUID -> pod labels
+    oneshot: bool = False  # `kvscope collect`: event tiers drain without waiting

@@ -1,0 +1,347 @@
+"""Scheduling, snapshots and the cached exposition.
+
+Each enabled collector polls on one or more cadence tiers. Every poll yields an immutable
+`Snapshot`; the runtime keeps the newest one per (collector, tier) and renders the exposition
+lazily, once per change. A scrape therefore never touches NVML, sysfs or the network: it returns
+bytes that were rendered from snapshots taken by the pollers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import gzip
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import ClassVar, ParamSpec, TypeVar
+
+from prometheus_client.core import Metric
+
+from kvscope import __version__
+from kvscope.exposition import merge, render_openmetrics, render_text
+from kvscope.families import counter, gauge, info
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Tier(enum.StrEnum):
+    """Cadence tiers. Static and event tiers run first so fast polls can rely on identity."""
+
+    STATIC = "static"  # identity: names, UUIDs, PCI ids; refreshed rarely
+    FAST = "fast"  # cheap reads: utilisation, memory, temperature, counters
+    SLOW = "slow"  # reads that are slow on real hardware (energy 3-15 ms, per-link errors)
+    EVENT = "event"  # blocking waits for events (NVML XID); the poll itself waits
+
+
+@dataclass(frozen=True)
+class Schedule:
+    interval: float  # seconds between poll starts; 0 for event tiers that block in the poll
+    timeout: float  # a poll running longer than this is abandoned and counted as an error
+
+
+class CollectorError(Exception):
+    """A poll failed for a known reason. `reason` becomes the errors_total label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BlockingPool:
+    """One worker thread per (collector, tier) for blocking reads.
+
+    A read that hangs past its timeout keeps its thread; the runtime then refuses to start the
+    next poll of that tier (counted as `busy`) instead of queueing work behind the hung read.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kvscope-{name}")
+        self._pending: set[Future[object]] = set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        fut = self._executor.submit(fn, *args, **kwargs)
+        self._pending.add(fut)  # type: ignore[arg-type]
+        fut.add_done_callback(self._pending.discard)  # type: ignore[arg-type]
+        return await asyncio.wrap_future(fut)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Collector(ABC):
+    """A source of metric families, polled by the runtime on its tiers."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def schedules(self) -> dict[Tier, Schedule]:
+        """The tiers this collector polls on, with their cadence."""
+
+    @abstractmethod
+    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+        """Read and return the families of one tier. Blocking reads go through `pool`."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release hardware handles; called once at shutdown."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    collector: str
+    tier: Tier
+    families: tuple[Metric, ...]
+    timestamp: float  # wall clock at poll end
+    duration: float
+    error: str | None = None  # reason; None when the poll succeeded
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _TierState:
+    schedule: Schedule
+    pool: BlockingPool
+    last: Snapshot | None = None  # newest poll, good or bad
+    last_good: Snapshot | None = None  # newest successful poll (served until stale)
+
+
+class _Rendered:
+    """Bodies for one state of the snapshots, each format rendered on first request only."""
+
+    def __init__(self, key: tuple[int, frozenset[tuple[str, Tier]]],
+                 families: list[Metric]) -> None:
+        self.key = key
+        self._families = families
+        self._bodies: dict[tuple[bool, bool], bytes] = {}
+        self.renders = 0
+
+    def body(self, openmetrics: bool, gzip_ok: bool) -> bytes:
+        cached = self._bodies.get((openmetrics, gzip_ok))
+        if cached is not None:
+            return cached
+        raw = self._bodies.get((openmetrics, False))
+        if raw is None:
+            render = render_openmetrics if openmetrics else render_text
+            raw = self._bodies[(openmetrics, False)] = render(self._families)
+            self.renders += 1
+        if gzip_ok:
+            self._bodies[(openmetrics, True)] = gzip.compress(raw, compresslevel=5)
+            return self._bodies[(openmetrics, True)]
+        return raw
+
+
+class Runtime:
+    """Owns the collectors' poll loops, their snapshots and the rendered exposition."""
+
+    def __init__(
+        self,
+        collectors: Sequence[Collector],
+        *,
+        staleness_factor: float = 3.0,
+        min_staleness: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.collectors = list(collectors)
+        self._clock = clock
+        self._staleness_factor = staleness_factor
+        self._min_staleness = min_staleness
+        self._tiers: dict[tuple[str, Tier], _TierState] = {}
+        for c in self.collectors:
+            for tier, sched in c.schedules().items():
+                self._tiers[(c.name, tier)] = _TierState(sched, BlockingPool(f"{c.name}-{tier}"))
+        self._errors: Counter[tuple[str, str]] = Counter()
+        self._version = 0
+        self._rendered: _Rendered | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.render_count = 0
+
+    # ---- polling -------------------------------------------------------------------------
+
+    async def poll_once(self, collector: Collector, tier: Tier) -> Snapshot:
+        state = self._tiers[(collector.name, tier)]
+        started = time.monotonic()
+        error: str | None = None
+        families: Sequence[Metric] = ()
+        if state.pool.busy:
+            error = "busy"
+            log.warning("collector %s/%s: previous read still running; poll skipped",
+                        collector.name, tier)
+        else:
+            try:
+                families = await asyncio.wait_for(collector.poll(tier, state.pool),
+                                                  state.schedule.timeout)
+            except TimeoutError:
+                error = "timeout"
+                log.warning("collector %s/%s: poll exceeded %.1fs", collector.name, tier,
+                            state.schedule.timeout)
+            except CollectorError as exc:
+                error = exc.reason
+                log.warning("collector %s/%s: %s", collector.name, tier, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a broken collector must never break the agent
+                error = type(exc).__name__
+                log.exception("collector %s/%s failed: %s", collector.name, tier, exc)
+        snap = Snapshot(collector.name, tier, tuple(families), self._clock(),
+                        time.monotonic() - started, error)
+        self._store(state, snap)
+        return snap
+
+    def _store(self, state: _TierState, snap: Snapshot) -> None:
+        previous = state.last_good
+        state.last = snap
+        if snap.ok:
+            state.last_good = snap
+        else:
+            self._errors[(snap.collector, snap.error or "unknown")] += 1
+        unchanged_event = (snap.tier is Tier.EVENT and snap.ok and previous is not None
+                           and list(previous.families) == list(snap.families))
+        if not unchanged_event:
+            self._version += 1
+
+    async def _tier_loop(self, collector: Collector, tier: Tier) -> None:
+        sched = self._tiers[(collector.name, tier)].schedule
+        while True:
+            started = time.monotonic()
+            await self.poll_once(collector, tier)
+            elapsed = time.monotonic() - started
+            # Fixed-rate schedule; an event tier (interval 0) still yields to the loop.
+            await asyncio.sleep(max(0.0, sched.interval - elapsed))
+
+    async def poll_all_once(self) -> None:
+        """One poll of every tier: static first, then the rest concurrently (used by `collect`)."""
+        await self._poll_tiers({Tier.STATIC})
+        await self._poll_tiers({Tier.FAST, Tier.SLOW, Tier.EVENT})
+
+    async def _poll_tiers(self, tiers: set[Tier]) -> None:
+        jobs = [self.poll_once(c, t) for c in self.collectors for t in c.schedules() if t in tiers]
+        await asyncio.gather(*jobs)
+
+    async def start(self) -> None:
+        """Take the static snapshots, then start every tier's loop in the background."""
+        await self._poll_tiers({Tier.STATIC})
+        for c in self.collectors:
+            for tier in c.schedules():
+                if tier is Tier.STATIC:
+                    # The first static poll already ran; the loop sleeps before the next one.
+                    task = asyncio.create_task(self._delayed_loop(c, tier))
+                else:
+                    task = asyncio.create_task(self._tier_loop(c, tier))
+                self._tasks.append(task)
+
+    async def _delayed_loop(self, collector: Collector, tier: Tier) -> None:
+        await asyncio.sleep(self._tiers[(collector.name, tier)].schedule.interval)
+        await self._tier_loop(collector, tier)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for c in self.collectors:
+            try:
+                await asyncio.wait_for(c.close(), 5)
+            except Exception:  # shutdown continues whatever one collector does
+                log.exception("collector %s: close failed", c.name)
+        for state in self._tiers.values():
+            state.pool.shutdown()
+
+    # ---- health --------------------------------------------------------------------------
+
+    def _staleness_bound(self, sched: Schedule) -> float:
+        if sched.interval <= 0:  # event tiers: the poll itself is the wait
+            return max(self._min_staleness, self._staleness_factor * sched.timeout)
+        return max(self._min_staleness, self._staleness_factor * sched.interval)
+
+    def _stale_keys(self, now: float) -> frozenset[tuple[str, Tier]]:
+        stale = set()
+        for key, state in self._tiers.items():
+            good = state.last_good
+            if good is not None and now - good.timestamp > self._staleness_bound(state.schedule):
+                stale.add(key)
+        return frozenset(stale)
+
+    def collector_health(self) -> dict[str, dict[str, object]]:
+        """Per collector: up, first snapshot seen, last error; for /readyz and the index page."""
+        now = self._clock()
+        stale = self._stale_keys(now)
+        out: dict[str, dict[str, object]] = {}
+        for c in self.collectors:
+            states = [(t, self._tiers[(c.name, t)]) for t in c.schedules()]
+            seen = all(s.last is not None for _, s in states)
+            errors = [f"{t}: {s.last.error}" for t, s in states if s.last and not s.last.ok]
+            errors += [f"{t}: stale" for t, _ in states if (c.name, t) in stale]
+            out[c.name] = {"ready": seen, "up": seen and not errors, "errors": errors}
+        return out
+
+    @property
+    def ready(self) -> bool:
+        return all(h["ready"] for h in self.collector_health().values())
+
+    def _health_families(self, stale: frozenset[tuple[str, Tier]]) -> list[Metric]:
+        up = gauge("kvscope_collector_up",
+                   "1 when every tier of the collector's last poll succeeded and is fresh.")
+        duration = gauge("kvscope_collector_duration_seconds",
+                         "Wall time of the collector's last poll, per cadence tier.")
+        last_ok = gauge("kvscope_collector_last_success_timestamp_seconds",
+                        "Unix time of the collector's last successful poll, per cadence tier.")
+        errors = counter("kvscope_collector_errors_total",
+                         "Failed polls by reason (timeout, busy, exception class, source error).")
+        for c in self.collectors:
+            tiers = [(t, self._tiers[(c.name, t)]) for t in c.schedules()]
+            if any(s.last is None for _, s in tiers):
+                continue  # no first snapshot yet: not ready, nothing to claim
+            healthy = all(s.last is not None and s.last.ok and (c.name, t) not in stale
+                          for t, s in tiers)
+            up.add({"collector": c.name}, 1 if healthy else 0)
+            for t, s in tiers:
+                if s.last is not None and t is not Tier.EVENT:
+                    duration.add({"collector": c.name, "tier": t}, s.last.duration)
+                if s.last_good is not None:
+                    last_ok.add({"collector": c.name, "tier": t}, s.last_good.timestamp)
+        for (name, reason), n in sorted(self._errors.items()):
+            errors.add({"collector": name, "reason": reason}, n)
+        build = info("kvscope_build_info", "kvscope version; value is always 1.")
+        build.add({"version": __version__}, 1)
+        return [f.metric for f in (up, duration, last_ok, errors, build) if len(f)]
+
+    # ---- exposition ----------------------------------------------------------------------
+
+    def families(self) -> list[Metric]:
+        stale = self._stale_keys(self._clock())
+        fams: list[Metric] = []
+        for key, state in self._tiers.items():
+            if state.last_good is not None and key not in stale:
+                fams.extend(state.last_good.families)
+        return merge(fams + self._health_families(stale))
+
+    def exposition(self, *, openmetrics: bool = False, gzip_ok: bool = False) -> bytes:
+        """Bytes for one scrape, rendered at most once per change of snapshots or staleness."""
+        key = (self._version, self._stale_keys(self._clock()))
+        if self._rendered is None or self._rendered.key != key:
+            if self._rendered is not None:
+                self.render_count += self._rendered.renders
+            self._rendered = _Rendered(key, self.families())
+        return self._rendered.body(openmetrics, gzip_ok)
+
+    @property
+    def renders(self) -> int:
+        """How many times an exposition body was rendered (for tests and benchmarks)."""
+        return self.render_count + (self._rendered.renders if self._rendered else 0)

@@ -1,0 +1,123 @@
+"""HTTP endpoints: /metrics (cached bytes), /healthz, /readyz and a small index page."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import html
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from kvscope import __version__
+from kvscope.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from kvscope.runtime import Runtime
+from kvscope.webconfig import BasicAuth, WebConfig
+
+log = logging.getLogger(__name__)
+
+RUNTIME_KEY = web.AppKey("runtime", Runtime)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _wants_openmetrics(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/openmetrics-text" in accept
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    openmetrics = _wants_openmetrics(request)
+    gzip_ok = _accepts_gzip(request)
+    body = runtime.exposition(openmetrics=openmetrics, gzip_ok=gzip_ok)
+    headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
+    if gzip_ok:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    health = request.app[RUNTIME_KEY].collector_health()
+    waiting = sorted(name for name, h in health.items() if not h["ready"])
+    if waiting:
+        return web.Response(status=503, text=f"waiting for first snapshot: {', '.join(waiting)}\n")
+    return web.Response(text="ready\n")
+
+
+async def index(request: web.Request) -> web.Response:
+    health = request.app[RUNTIME_KEY].collector_health()
+    rows = []
+    for name, h in sorted(health.items()):
+        state = "up" if h["up"] else ("starting" if not h["ready"] else "down")
+        errors = "; ".join(str(e) for e in h["errors"])  # type: ignore[attr-defined]
+        rows.append(f"<tr><td>{html.escape(name)}</td><td class={state}>{state}</td>"
+                    f"<td>{html.escape(errors)}</td></tr>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>kvscope</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}
+.up{{color:#1a7f37}}.down{{color:#cf222e}}.starting{{color:#9a6700}}</style></head><body>
+<h1>kvscope {html.escape(__version__)}</h1>
+<p><a href="metrics">/metrics</a> &middot; <a href="healthz">/healthz</a> &middot;
+<a href="readyz">/readyz</a></p>
+<table><tr><th>collector</th><th>state</th><th>last errors</th></tr>{''.join(rows)}</table>
+</body></html>"""
+    return web.Response(text=page, content_type="text/html")
+
+
+def basic_auth_middleware(auth: BasicAuth) -> Callable[[web.Request, Handler],
+                                                         Awaitable[web.StreamResponse]]:
+    challenge = {"WWW-Authenticate": 'Basic realm="kvscope"'}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            sep = ""
+        if scheme.lower() != "basic" or not sep:
+            return web.Response(status=401, text="Unauthorized\n", headers=challenge)
+        if not auth.cached(user, password) and not await asyncio.to_thread(auth.verify, user,
+                                                                           password):
+            return web.Response(status=401, text="Unauthorized\n", headers=challenge)
+        return await handler(request)
+
+    return middleware
+
+
+def headers_middleware(headers: dict[str, str]) -> Callable[[web.Request, Handler],
+                                                              Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers.update(headers)
+        return response
+
+    return middleware
+
+
+def build_app(runtime: Runtime, web_config: WebConfig | None = None) -> web.Application:
+    middlewares = []
+    if web_config is not None:
+        if web_config.http_server_config.headers:
+            middlewares.append(headers_middleware(web_config.http_server_config.headers))
+        auth = BasicAuth(web_config.basic_auth_users)
+        if auth.enabled:
+            middlewares.append(basic_auth_middleware(auth))
+    app = web.Application(middlewares=middlewares)
+    app[RUNTIME_KEY] = runtime
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+    return app

@@ -1,0 +1,383 @@
+"""A fake NVML with pynvml's function names, driven by `SimNode`.
+
+Only the calls kvscope's sources make are implemented. Each call counts itself (tests assert how
+many NVML calls a scrape causes), honours the node's faults (library missing, GPU lost,
+NOT_SUPPORTED, slow calls) and costs the latency measured on a real H200
+(reference device probe, 2026-11-22), unless the node's latency_scale is 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, ParamSpec, TypeVar
+
+from pynvml import NVMLError
+
+from kvscope.sim.node import SimGpu, SimNode
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+NOT_SUPPORTED = 3
+TIMEOUT = 10
+LIBRARY_NOT_FOUND = 12
+GPU_IS_LOST = 15
+
+# (p50, p99) seconds per call, measured with nvidia-ml-py on 2 x H200, driver 580.159.04.
+LATENCY: dict[str, tuple[float, float]] = {
+    "nvmlDeviceGetUtilizationRates": (1.0e-6, 1.5e-6),
+    "nvmlDeviceGetMemoryInfo": (6.7e-6, 10e-6),
+    "nvmlDeviceGetTemperatureV": (1.2e-6, 1.8e-6),
+    "nvmlDeviceGetTemperature": (1.2e-6, 1.8e-6),
+    "nvmlDeviceGetPowerUsage": (1.0e-6, 1.3e-6),
+    "nvmlDeviceGetClockInfo": (1.9e-6, 3.2e-6),
+    "nvmlDeviceGetCurrentClocksEventReasons": (1.1e-6, 1.5e-6),
+    "nvmlDeviceGetComputeRunningProcesses": (8e-6, 58e-6),
+    "nvmlDeviceGetRemappedRows": (1.7e-6, 2.6e-6),
+    "nvmlDeviceGetTotalEnergyConsumption": (3.2e-3, 14.9e-3),
+    "nvmlDeviceGetPcieReplayCounter": (0.18e-3, 0.25e-3),
+    "nvmlGpmSampleGet": (62e-6, 90e-6),
+    "nvmlGpmMetricsGet": (3e-3, 5e-3),
+    "nvmlEventSetWait": (0.0, 0.0),  # the wait itself is modelled separately
+}
+FIELD_LATENCY = (0.14e-3, 0.22e-3)  # per field: a 37-field batch took 5.3 / 8.3 ms
+DEFAULT_LATENCY = (2e-6, 4e-6)
+SPIN_BELOW = 200e-6  # shorter waits spin (an ioctl costs CPU), longer ones sleep
+
+
+@dataclass
+class SimHandle:
+    gpu: SimGpu
+
+    def __hash__(self) -> int:
+        return hash(self.gpu.uuid)
+
+
+@dataclass
+class _GpmSample:
+    taken_at: float = -1.0
+
+
+@dataclass
+class _GpmMetric:
+    metricId: int = 0
+    nvmlReturn: int = 0
+    value: float = 0.0
+
+
+@dataclass
+class FakeGpmMetricsGet:
+    """Same attributes as pynvml.c_nvmlGpmMetricsGet_t."""
+
+    version: int = 0
+    numMetrics: int = 0
+    sample1: Any = None
+    sample2: Any = None
+    metrics: list[_GpmMetric] = field(default_factory=lambda: [_GpmMetric() for _ in range(210)])
+
+
+def _nvml_call(fn: Callable[P, R]) -> Callable[P, R]:
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self: FakeNvml = args[0]  # type: ignore[assignment]
+        handle = args[1] if len(args) > 1 and isinstance(args[1], SimHandle) else None
+        self._enter(name, handle)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class FakeNvml:
+    """Stands in for the `pynvml` module."""
+
+    NVMLError = NVMLError
+    c_nvmlGpmMetricsGet_t = FakeGpmMetricsGet
+
+    def __init__(self, node: SimNode) -> None:
+        self.node = node
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._rng = random.Random(node.seed)
+        self._handles = [SimHandle(g) for g in node.gpus]
+        self._delivered_xids: set[int] = set()
+        self._registered: set[str] = set()
+        self.initialised = False
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def _latency(self, name: str) -> float:
+        p50, p99 = LATENCY.get(name, DEFAULT_LATENCY)
+        if self.node.latency_scale == 0 or p50 == 0:
+            return 0.0
+        sigma = math.log(p99 / p50) / 2.326
+        with self._lock:
+            z = self._rng.gauss(0.0, 1.0)
+        return p50 * math.exp(sigma * z) * self.node.latency_scale
+
+    @staticmethod
+    def _wait(seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if seconds < SPIN_BELOW:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+        else:
+            time.sleep(seconds)
+
+    def _enter(self, name: str, handle: SimHandle | None) -> None:
+        with self._lock:
+            self.calls[name] += 1
+        if self.node.library_missing:
+            raise NVMLError(LIBRARY_NOT_FOUND)
+        if name in self.node.slow_calls:
+            time.sleep(self.node.slow_calls[name])
+        self._wait(self._latency(name))
+        if handle is not None and self.node.is_lost(handle.gpu):
+            raise NVMLError(GPU_IS_LOST)
+        if name in self.node.not_supported:
+            raise NVMLError(NOT_SUPPORTED)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    # ---- system ------------------------------------------------------------------------
+
+    @_nvml_call
+    def nvmlInit(self) -> None:
+        self.initialised = True
+
+    @_nvml_call
+    def nvmlShutdown(self) -> None:
+        self.initialised = False
+
+    @_nvml_call
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.node.driver_version
+
+    @_nvml_call
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self._handles)
+
+    @_nvml_call
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> SimHandle:
+        handle = self._handles[index]
+        if self.node.is_lost(handle.gpu):
+            raise NVMLError(GPU_IS_LOST)
+        return handle
+
+    # ---- identity ----------------------------------------------------------------------
+
+    @_nvml_call
+    def nvmlDeviceGetMigMode(self, h: SimHandle) -> list[int]:
+        return [0, 0]
+
+    @_nvml_call
+    def nvmlDeviceGetMinorNumber(self, h: SimHandle) -> int:
+        return h.gpu.index
+
+    @_nvml_call
+    def nvmlDeviceGetUUID(self, h: SimHandle) -> str:
+        return h.gpu.uuid
+
+    @_nvml_call
+    def nvmlDeviceGetName(self, h: SimHandle) -> str:
+        return h.gpu.name
+
+    @_nvml_call
+    def nvmlDeviceGetPciInfo(self, h: SimHandle) -> SimpleNamespace:
+        return SimpleNamespace(busId=h.gpu.pci_bus_id.encode())
+
+    # ---- fast readings -----------------------------------------------------------------
+
+    @_nvml_call
+    def nvmlDeviceGetUtilizationRates(self, h: SimHandle) -> SimpleNamespace:
+        util = self.node.util(h.gpu)
+        return SimpleNamespace(gpu=round(util), memory=round(util * 0.55))
+
+    @_nvml_call
+    def nvmlDeviceGetEncoderUtilization(self, h: SimHandle) -> list[int]:
+        return [0, 167000]
+
+    @_nvml_call
+    def nvmlDeviceGetDecoderUtilization(self, h: SimHandle) -> list[int]:
+        return [0, 167000]
+
+    @_nvml_call
+    def nvmlDeviceGetClockInfo(self, h: SimHandle, clock_type: int) -> int:
+        return self.node.sm_clock_mhz(h.gpu) if clock_type == 1 else h.gpu.mem_clock_mhz
+
+    @_nvml_call
+    def nvmlDeviceGetTemperatureV(self, h: SimHandle, sensor: int) -> int:
+        return self.node.temperature_c(h.gpu)
+
+    @_nvml_call
+    def nvmlDeviceGetTemperature(self, h: SimHandle, sensor: int) -> int:
+        return self.node.temperature_c(h.gpu)
+
+    @_nvml_call
+    def nvmlDeviceGetPowerUsage(self, h: SimHandle) -> int:
+        return round(self.node.power_w(h.gpu) * 1000)
+
+    @_nvml_call
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: SimHandle) -> int:
+        return round(h.gpu.power_limit_w * 1000)
+
+    @_nvml_call
+    def nvmlDeviceGetMemoryInfo(self, h: SimHandle, version: int | None = None) -> SimpleNamespace:
+        total, reserved, used, free = self.node.memory_bytes(h.gpu)
+        if version is None:  # v1 folds the reserved memory into "used"
+            return SimpleNamespace(total=total, used=used + reserved, free=free)
+        return SimpleNamespace(total=total, reserved=reserved, used=used, free=free)
+
+    @_nvml_call
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: SimHandle) -> int:
+        gpu = h.gpu
+        if self.node.util(gpu) < 1:
+            return 0x1  # GpuIdle
+        return 0x4 if self.node.power_w(gpu) >= gpu.power_limit_w * 0.98 else 0x0
+
+    @_nvml_call
+    def nvmlDeviceGetComputeRunningProcesses(self, h: SimHandle) -> list[SimpleNamespace]:
+        return [SimpleNamespace(pid=4000 + h.gpu.index * 10 + i,
+                                usedGpuMemory=self.node.memory_bytes(h.gpu)[2])
+                for i in range(h.gpu.processes)]
+
+    @_nvml_call
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, h: SimHandle) -> int:
+        return h.gpu.pcie_gen
+
+    @_nvml_call
+    def nvmlDeviceGetCurrPcieLinkWidth(self, h: SimHandle) -> int:
+        return h.gpu.pcie_width
+
+    @_nvml_call
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h: SimHandle) -> int:
+        return 5
+
+    @_nvml_call
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h: SimHandle) -> int:
+        return 16
+
+    def _field_value(self, gpu: SimGpu, field_id: int, scope_id: int) -> tuple[int, float | int]:
+        """(nvmlReturn, value) for one field; subclasses in later simulators add more ids."""
+        if f"field:{field_id}" in self.node.not_supported:
+            return NOT_SUPPORTED, 0
+        if field_id == 82:  # NVML_FI_DEV_MEMORY_TEMP
+            return 0, self.node.memory_temperature_c(gpu)
+        if field_id in (197, 198):  # PCIE_COUNT_TX/RX_BYTES
+            tx, rx = self.node.pcie_bytes(gpu)
+            return 0, tx if field_id == 197 else rx
+        return NOT_SUPPORTED, 0
+
+    @_nvml_call
+    def nvmlDeviceGetFieldValues(self, h: SimHandle, field_ids: list[Any]) -> list[SimpleNamespace]:
+        out = []
+        for spec in field_ids:
+            field_id, scope_id = spec if isinstance(spec, tuple) else (spec, 0)
+            self._wait(self._latency_field())
+            ret, value = self._field_value(h.gpu, field_id, scope_id)
+            is_double = isinstance(value, float)
+            out.append(SimpleNamespace(
+                fieldId=field_id, scopeId=scope_id, nvmlReturn=ret, valueType=0 if is_double
+                else 4, value=SimpleNamespace(dVal=float(value), ullVal=int(value)),
+                timestamp=int(time.time() * 1e6), latencyUsec=0))
+        return out
+
+    def _latency_field(self) -> float:
+        if self.node.latency_scale == 0:
+            return 0.0
+        p50, p99 = FIELD_LATENCY
+        return p50 * self.node.latency_scale * (p99 / p50) ** abs(self._rng.gauss(0, 0.4))
+
+    # ---- slow readings -----------------------------------------------------------------
+
+    @_nvml_call
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: SimHandle) -> int:
+        return self.node.energy_mj(h.gpu)
+
+    @_nvml_call
+    def nvmlDeviceGetPcieReplayCounter(self, h: SimHandle) -> int:
+        return 0
+
+    @_nvml_call
+    def nvmlDeviceGetRemappedRows(self, h: SimHandle) -> tuple[int, int, int, int]:
+        return h.gpu.remapped_correctable, h.gpu.remapped_uncorrectable, 0, 0
+
+    @_nvml_call
+    def nvmlDeviceGetTotalEccErrors(self, h: SimHandle, error_type: int, counter: int) -> int:
+        return h.gpu.ecc_dbe if error_type == 1 else h.gpu.ecc_sbe
+
+    # ---- GPM (Hopper profiling metrics) -------------------------------------------------
+
+    @_nvml_call
+    def nvmlGpmQueryDeviceSupport(self, h: SimHandle) -> SimpleNamespace:
+        return SimpleNamespace(isSupportedDevice=1)
+
+    @_nvml_call
+    def nvmlGpmSampleAlloc(self) -> _GpmSample:
+        return _GpmSample()
+
+    @_nvml_call
+    def nvmlGpmSampleFree(self, sample: _GpmSample) -> None:
+        return None
+
+    @_nvml_call
+    def nvmlGpmSampleGet(self, h: SimHandle, sample: _GpmSample) -> _GpmSample:
+        sample.taken_at = self.node.elapsed()
+        sample.gpu = h.gpu  # type: ignore[attr-defined]
+        return sample
+
+    @_nvml_call
+    def nvmlGpmMetricsGet(self, request: FakeGpmMetricsGet) -> FakeGpmMetricsGet:
+        gpu: SimGpu = request.sample2.gpu
+        util = self.node.util(gpu)
+        # Ratios of a busy inference GPU: SM activity trails the utilisation counter.
+        model = {1: util * 0.95, 2: util * 0.82, 3: util * 0.30, 5: util * 0.55, 10: util * 0.48}
+        for slot in range(request.numMetrics):
+            metric = request.metrics[slot]
+            metric.value = model.get(metric.metricId, float("nan"))
+            metric.nvmlReturn = 0 if metric.metricId in model else NOT_SUPPORTED
+        return request
+
+    # ---- events ------------------------------------------------------------------------
+
+    @_nvml_call
+    def nvmlEventSetCreate(self) -> object:
+        return object()
+
+    @_nvml_call
+    def nvmlDeviceRegisterEvents(self, h: SimHandle, mask: int, event_set: object) -> None:
+        self._registered.add(h.gpu.uuid)
+
+    @_nvml_call
+    def nvmlEventSetFree(self, event_set: object) -> None:
+        return None
+
+    @_nvml_call
+    def nvmlEventSetWait(self, event_set: object, timeout_ms: int) -> SimpleNamespace:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            for n, fault in enumerate(self.node.xid_faults):
+                gpu = self._handles[fault.gpu].gpu
+                if (n not in self._delivered_xids and self.node.elapsed() >= fault.after
+                        and gpu.uuid in self._registered):
+                    self._delivered_xids.add(n)
+                    return SimpleNamespace(device=self._handles[fault.gpu], eventType=0x8,
+                                           eventData=fault.xid, gpuInstanceId=0xFFFFFFFF,
+                                           computeInstanceId=0xFFFFFFFF)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NVMLError(TIMEOUT)
+            time.sleep(min(remaining, 0.05))

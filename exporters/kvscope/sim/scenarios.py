@@ -1,0 +1,98 @@
+"""Named scenarios of the simulated node.
+
+Each scenario reproduces a field incident kvscope exists to show. Faults are timed from
+`fault_delay` so that `kvscope demo` shows the healthy node first and the fault arriving;
+`kvscope collect` uses a delay of 0 and so prints the node as it is after the fault.
+Later subsystems (NVLink, RDMA, pods, engines) register their scenarios in the same table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvscope.sim.node import SimNode, XidFault, make_gpus
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    hostname: str = "sim-node-0"
+    fault_delay: float = 30.0
+    latency_scale: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    start_elapsed: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    build: Callable[[SimOptions], SimNode]
+
+
+def _node(opts: SimOptions, **fields: object) -> SimNode:
+    return SimNode(hostname=opts.hostname, gpus=make_gpus(opts.hostname), clock=opts.clock,
+                   latency_scale=opts.latency_scale, start_elapsed=opts.start_elapsed,
+                   **fields)  # type: ignore[arg-type]
+
+
+def healthy(opts: SimOptions) -> SimNode:
+    return _node(opts)
+
+
+# The "GPU 0 syndrome" measured on 8-GPU tensor-parallel serving: rank 0 does the scheduling,
+# sampling and detokenising work on top of its shard, so it saturates while the last ranks idle.
+HOTSPOT_UTIL = (98, 82, 78, 72, 68, 65, 52, 48)
+
+
+def gpu0_hotspot(opts: SimOptions) -> SimNode:
+    node = _node(opts)
+    for gpu, util in zip(node.gpus, HOTSPOT_UTIL, strict=True):
+        gpu.util_base = float(util)
+        gpu.util_swing = 1.0
+    return node
+
+
+def oom_risk(opts: SimOptions) -> SimNode:
+    """Uneven KV cache: GPU 2's framebuffer is full while its peers sit at 87%."""
+    node = _node(opts)
+    for gpu in node.gpus:
+        gpu.fb_used_ratio = 0.87
+    node.gpus[2].fb_used_ratio = 0.995
+    return node
+
+
+def xid_79(opts: SimOptions) -> SimNode:
+    """GPU 3 falls off the bus: XID 79, then every NVML call on it is GPU_IS_LOST."""
+    node = _node(opts)
+    node.xid_faults.append(XidFault(after=opts.fault_delay, gpu=3, xid=79))
+    node.gpus[3].lost_after = opts.fault_delay + 1.0 if opts.fault_delay > 0 else 0.0
+    return node
+
+
+def no_gpu_library(opts: SimOptions) -> SimNode:
+    """A node where libnvidia-ml.so cannot be loaded: the agent serves everything else."""
+    return _node(opts, library_missing=True)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s for s in (
+        Scenario("healthy", "8 x H100 80GB HBM3, NV18 links, moderate moving load", healthy),
+        Scenario("gpu0-hotspot", "GPU 0 syndrome: utilisation 98 82 78 72 68 65 52 48 %",
+                 gpu0_hotspot),
+        Scenario("oom-risk", "GPU 2 framebuffer 99.5% full, peers at 87%", oom_risk),
+        Scenario("xid-79", "GPU 3 falls off the bus (XID 79) after the fault delay", xid_79),
+        Scenario("no-nvml", "NVML library missing: no GPU series, everything else served",
+                 no_gpu_library),
+    )
+}
+
+
+def build_scenario(name: str, opts: SimOptions | None = None) -> SimNode:
+    try:
+        scenario = SCENARIOS[name]
+    except KeyError:
+        known = ", ".join(sorted(SCENARIOS))
+        raise ValueError(f"unknown scenario {name!r} (known: {known})") from None
+    return scenario.build(opts or SimOptions())

@@ -1,0 +1,462 @@
+"""NVML reader: the only module that calls the NVML library.
+
+`lib` is either the real `pynvml` module (from nvidia-ml-py) or `kvscope.sim.nvml.FakeNvml`,
+which has the same function names. Every function here blocks; the GPU collector calls them
+through the runtime's thread pool, one tier at a time.
+
+NOT_SUPPORTED is remembered per GPU and call, so an unsupported read costs one call per static
+refresh, and its series is absent rather than zero.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# NVML return codes (nvml.h); literal so the module works without pynvml installed.
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_CLOCK_SM = 1
+NVML_CLOCK_MEM = 2
+NVML_TEMPERATURE_GPU = 0
+NVML_FI_DEV_MEMORY_TEMP = 82
+NVML_FI_DEV_PCIE_COUNT_TX_BYTES = 197
+NVML_FI_DEV_PCIE_COUNT_RX_BYTES = 198
+NVML_EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
+NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0
+NVML_AGGREGATE_ECC = 1
+NVML_VALUE_TYPE_DOUBLE = 0
+NVML_GPM_METRICS_GET_VERSION = 1
+NVML_MEMORY_V2 = 0x02000028  # nvmlMemory_v2: sizeof(nvmlMemory_v2_t) | 2 << 24
+
+# GPM metric ids (nvml.h) -> our keys. Percent values; the collector divides by 100.
+GPM_METRICS: Mapping[int, str] = {
+    1: "gpm_graphics_util",  # NVML_GPM_METRIC_GRAPHICS_UTIL  ~ DCGM_FI_PROF_GR_ENGINE_ACTIVE
+    2: "gpm_sm_util",  # NVML_GPM_METRIC_SM_UTIL                ~ DCGM_FI_PROF_SM_ACTIVE
+    3: "gpm_sm_occupancy",  # NVML_GPM_METRIC_SM_OCCUPANCY      ~ DCGM_FI_PROF_SM_OCCUPANCY
+    5: "gpm_any_tensor_util",  # NVML_GPM_METRIC_ANY_TENSOR_UTIL ~ DCGM_FI_PROF_PIPE_TENSOR_ACTIVE
+    10: "gpm_dram_bw_util",  # NVML_GPM_METRIC_DRAM_BW_UTIL     ~ DCGM_FI_PROF_DRAM_ACTIVE
+}
+
+
+class NvmlUnavailable(Exception):
+    """No usable NVML: no library, no driver. Means "no GPU hardware" to the collector."""
+
+
+def nvml_code(exc: BaseException) -> int | None:
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, int) else None
+
+
+def is_nvml_error(exc: BaseException) -> bool:
+    return type(exc).__name__.startswith("NVMLError") or nvml_code(exc) is not None
+
+
+def error_name(exc: BaseException) -> str:
+    names = {NVML_ERROR_NOT_SUPPORTED: "not_supported", NVML_ERROR_TIMEOUT: "timeout",
+             NVML_ERROR_GPU_IS_LOST: "gpu_is_lost", NVML_ERROR_FUNCTION_NOT_FOUND:
+             "function_not_found"}
+    code = nvml_code(exc)
+    return names.get(code, f"nvml_error_{code}") if code is not None else type(exc).__name__
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    index: int
+    minor: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    mig_enabled: bool | None  # None: MIG not supported on this GPU
+
+
+@dataclass(frozen=True)
+class Inventory:
+    driver_version: str
+    gpus: tuple[GpuIdentity, ...]
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    gpu: GpuIdentity
+    values: Mapping[str, float]
+    lost: bool = False
+    errors: tuple[tuple[str, str], ...] = ()  # (call, error name) for reads that failed
+
+
+@dataclass(frozen=True)
+class XidEvent:
+    gpu: GpuIdentity | None
+    xid: int
+    timestamp: float
+
+
+Reader = Callable[[Any, Any], dict[str, float]]
+
+
+def _utilization(lib: Any, h: Any) -> dict[str, float]:
+    u = lib.nvmlDeviceGetUtilizationRates(h)
+    return {"gpu_util": u.gpu, "mem_copy_util": u.memory}
+
+
+def _encoder(lib: Any, h: Any) -> dict[str, float]:
+    return {"enc_util": lib.nvmlDeviceGetEncoderUtilization(h)[0]}
+
+
+def _decoder(lib: Any, h: Any) -> dict[str, float]:
+    return {"dec_util": lib.nvmlDeviceGetDecoderUtilization(h)[0]}
+
+
+def _clocks(lib: Any, h: Any) -> dict[str, float]:
+    return {"sm_clock": lib.nvmlDeviceGetClockInfo(h, NVML_CLOCK_SM),
+            "mem_clock": lib.nvmlDeviceGetClockInfo(h, NVML_CLOCK_MEM)}
+
+
+def _temperature(lib: Any, h: Any) -> dict[str, float]:
+    # nvmlDeviceGetTemperature is deprecated for CUDA 14; prefer the V form where present.
+    if hasattr(lib, "nvmlDeviceGetTemperatureV"):
+        return {"gpu_temp": lib.nvmlDeviceGetTemperatureV(h, NVML_TEMPERATURE_GPU)}
+    return {"gpu_temp": lib.nvmlDeviceGetTemperature(h, NVML_TEMPERATURE_GPU)}
+
+
+def _field_values(lib: Any, h: Any, fields: Mapping[int, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for fv in lib.nvmlDeviceGetFieldValues(h, list(fields)):
+        if fv.nvmlReturn != 0:
+            continue  # this field alone is unsupported: leave its series absent
+        v = fv.value
+        out[fields[fv.fieldId]] = v.dVal if fv.valueType == NVML_VALUE_TYPE_DOUBLE else v.ullVal
+    return out
+
+
+def _memory_temp(lib: Any, h: Any) -> dict[str, float]:
+    return _field_values(lib, h, {NVML_FI_DEV_MEMORY_TEMP: "memory_temp"})
+
+
+def _pcie_bytes(lib: Any, h: Any) -> dict[str, float]:
+    return _field_values(lib, h, {NVML_FI_DEV_PCIE_COUNT_TX_BYTES: "pcie_tx_bytes",
+                                  NVML_FI_DEV_PCIE_COUNT_RX_BYTES: "pcie_rx_bytes"})
+
+
+def _power(lib: Any, h: Any) -> dict[str, float]:
+    return {"power_mw": lib.nvmlDeviceGetPowerUsage(h)}
+
+
+def _power_limit(lib: Any, h: Any) -> dict[str, float]:
+    return {"power_limit_mw": lib.nvmlDeviceGetEnforcedPowerLimit(h)}
+
+
+def _memory(lib: Any, h: Any) -> dict[str, float]:
+    m = lib.nvmlDeviceGetMemoryInfo(h, version=NVML_MEMORY_V2)
+    return {"fb_total": m.total, "fb_free": m.free, "fb_used": m.used,
+            "fb_reserved": m.reserved}
+
+
+def _clock_events(lib: Any, h: Any) -> dict[str, float]:
+    return {"clock_events": lib.nvmlDeviceGetCurrentClocksEventReasons(h)}
+
+
+def _processes(lib: Any, h: Any) -> dict[str, float]:
+    return {"compute_processes": len(lib.nvmlDeviceGetComputeRunningProcesses(h))}
+
+
+def _pcie_link(lib: Any, h: Any) -> dict[str, float]:
+    return {"pcie_link_gen": lib.nvmlDeviceGetCurrPcieLinkGeneration(h),
+            "pcie_link_width": lib.nvmlDeviceGetCurrPcieLinkWidth(h),
+            "pcie_max_link_gen": lib.nvmlDeviceGetMaxPcieLinkGeneration(h),
+            "pcie_max_link_width": lib.nvmlDeviceGetMaxPcieLinkWidth(h)}
+
+
+def _energy(lib: Any, h: Any) -> dict[str, float]:
+    return {"energy_mj": lib.nvmlDeviceGetTotalEnergyConsumption(h)}
+
+
+def _pcie_replay(lib: Any, h: Any) -> dict[str, float]:
+    return {"pcie_replay": lib.nvmlDeviceGetPcieReplayCounter(h)}
+
+
+def _remapped_rows(lib: Any, h: Any) -> dict[str, float]:
+    corr, unc, pending, failure = lib.nvmlDeviceGetRemappedRows(h)
+    return {"remapped_correctable": corr, "remapped_uncorrectable": unc,
+            "remap_pending": int(bool(pending)), "remap_failure": int(bool(failure))}
+
+
+def _ecc(lib: Any, h: Any) -> dict[str, float]:
+    get = lib.nvmlDeviceGetTotalEccErrors
+    return {
+        "ecc_sbe_volatile": get(h, NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_VOLATILE_ECC),
+        "ecc_dbe_volatile": get(h, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC),
+        "ecc_sbe_aggregate": get(h, NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_AGGREGATE_ECC),
+        "ecc_dbe_aggregate": get(h, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_AGGREGATE_ECC),
+    }
+
+
+# Cheap calls (microseconds each on H200, reference device probe) go on the fast tier.
+FAST_READERS: Mapping[str, Reader] = {
+    "utilization": _utilization, "encoder": _encoder, "decoder": _decoder, "clocks": _clocks,
+    "temperature": _temperature, "memory_temp": _memory_temp, "power": _power,
+    "power_limit": _power_limit, "memory": _memory, "clock_events": _clock_events,
+    "processes": _processes, "pcie_link": _pcie_link, "pcie_bytes": _pcie_bytes,
+}
+# Slow calls: energy 3-15 ms per GPU, PCIe replay 0.18 ms, ECC 4 calls.
+SLOW_READERS: Mapping[str, Reader] = {
+    "energy": _energy, "pcie_replay": _pcie_replay, "remapped_rows": _remapped_rows,
+    "ecc": _ecc,
+}
+
+
+@dataclass
+class _Gpm:
+    samples: list[Any]
+    taken_at: float | None = None  # monotonic time of samples[0]
+
+
+@dataclass
+class _Device:
+    identity: GpuIdentity
+    handle: Any
+    unsupported: set[str] = field(default_factory=set)
+    gpm: _Gpm | None = None
+
+
+def _unknown_identity(index: int) -> GpuIdentity:
+    """A GPU that was already lost when first enumerated: only its index is known."""
+    return GpuIdentity(index=index, minor=index, uuid="", name="", pci_bus_id="",
+                       mig_enabled=None)
+
+
+def _handle_key(handle: Any) -> Hashable:
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except (TypeError, ctypes.ArgumentError):
+        return id(handle)
+
+
+class NvmlSource:
+    """Blocking NVML reads over one initialised library session."""
+
+    def __init__(self, lib: Any, *, gpm: bool = True, min_gpm_window: float = 1.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.lib = lib
+        self._use_gpm = gpm
+        self._min_gpm_window = min_gpm_window
+        self._monotonic = monotonic
+        self._devices: list[_Device] = []
+        self._by_handle: dict[Hashable, _Device] = {}
+        self._event_set: Any = None
+        self._initialised = False
+        self.inventory: Inventory | None = None
+
+    # ---- identity (static tier) --------------------------------------------------------
+
+    def open(self) -> Inventory:
+        """Initialise NVML (once) and enumerate the GPUs. Raises NvmlUnavailable."""
+        if not self._initialised:
+            try:
+                self.lib.nvmlInit()
+            except Exception as exc:
+                if nvml_code(exc) in (NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED) \
+                        or not is_nvml_error(exc):
+                    raise NvmlUnavailable(f"NVML not usable: {exc}") from exc
+                raise
+            self._initialised = True
+        driver = _text(self.lib.nvmlSystemGetDriverVersion())
+        devices: list[_Device] = []
+        previous = {d.identity.index: d for d in self._devices}
+        for index in range(self.lib.nvmlDeviceGetCount()):
+            try:
+                devices.append(self._describe(index, previous.get(index)))
+            except Exception as exc:
+                if nvml_code(exc) != NVML_ERROR_GPU_IS_LOST:
+                    raise
+                # Keep what we knew of it, so kvscope_gpu_up can say 0 under the same labels.
+                devices.append(previous.get(index) or _Device(_unknown_identity(index), None))
+        self._devices = devices
+        self._by_handle = {_handle_key(d.handle): d for d in devices if d.handle is not None}
+        self.inventory = Inventory(driver, tuple(d.identity for d in devices))
+        return self.inventory
+
+    def _describe(self, index: int, previous: _Device | None) -> _Device:
+        lib = self.lib
+        h = lib.nvmlDeviceGetHandleByIndex(index)
+        try:
+            mig: bool | None = bool(lib.nvmlDeviceGetMigMode(h)[0])
+        except Exception as exc:
+            if nvml_code(exc) != NVML_ERROR_NOT_SUPPORTED:
+                raise
+            mig = None
+        identity = GpuIdentity(
+            index=index,
+            minor=lib.nvmlDeviceGetMinorNumber(h),
+            uuid=_text(lib.nvmlDeviceGetUUID(h)),
+            name=_text(lib.nvmlDeviceGetName(h)),
+            pci_bus_id=_text(lib.nvmlDeviceGetPciInfo(h).busId),
+            mig_enabled=mig,
+        )
+        dev = _Device(identity, h)
+        if previous is not None and previous.identity == identity:
+            dev.gpm = previous.gpm  # keep the GPM window running across refreshes
+        elif self._use_gpm:
+            dev.gpm = self._gpm_setup(h)
+        return dev
+
+    def _gpm_setup(self, h: Any) -> _Gpm | None:
+        lib = self.lib
+        try:
+            if not lib.nvmlGpmQueryDeviceSupport(h).isSupportedDevice:
+                return None
+            gpm = _Gpm([lib.nvmlGpmSampleAlloc(), lib.nvmlGpmSampleAlloc()])
+            lib.nvmlGpmSampleGet(h, gpm.samples[0])
+            gpm.taken_at = self._monotonic()
+            return gpm
+        except Exception as exc:
+            if not is_nvml_error(exc) and not isinstance(exc, AttributeError):
+                raise
+            log.debug("GPM not available: %s", exc)  # pre-Hopper GPU or old driver
+            return None
+
+    # ---- values (fast and slow tiers) --------------------------------------------------
+
+    def read(self, readers: Mapping[str, Reader], *, with_gpm: bool = False) -> list[GpuReading]:
+        return [self._read_device(d, readers, with_gpm) for d in self._devices]
+
+    def _read_device(self, dev: _Device, readers: Mapping[str, Reader],
+                     with_gpm: bool) -> GpuReading:
+        if dev.handle is None:
+            return GpuReading(dev.identity, {}, lost=True)
+        values: dict[str, float] = {}
+        errors: list[tuple[str, str]] = []
+        for name, reader in readers.items():
+            if name in dev.unsupported:
+                continue
+            try:
+                values.update(reader(self.lib, dev.handle))
+            except Exception as exc:
+                if not is_nvml_error(exc):
+                    raise
+                code = nvml_code(exc)
+                if code == NVML_ERROR_GPU_IS_LOST:
+                    return GpuReading(dev.identity, {}, lost=True)
+                if code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
+                    dev.unsupported.add(name)
+                else:
+                    errors.append((name, error_name(exc)))
+        if with_gpm and dev.gpm is not None:
+            try:
+                values.update(self._read_gpm(dev))
+            except Exception as exc:
+                if not is_nvml_error(exc):
+                    raise
+                if nvml_code(exc) == NVML_ERROR_GPU_IS_LOST:
+                    return GpuReading(dev.identity, {}, lost=True)
+                errors.append(("gpm", error_name(exc)))
+        return GpuReading(dev.identity, values, errors=tuple(errors))
+
+    def _read_gpm(self, dev: _Device) -> dict[str, float]:
+        gpm = dev.gpm
+        assert gpm is not None and gpm.taken_at is not None
+        now = self._monotonic()
+        if now - gpm.taken_at < self._min_gpm_window:
+            return {}  # too short a window reads zero on real GPUs: absent, not a false 0
+        lib = self.lib
+        older, newer = gpm.samples
+        lib.nvmlGpmSampleGet(dev.handle, newer)
+        request = lib.c_nvmlGpmMetricsGet_t()
+        request.version = NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(GPM_METRICS)
+        request.sample1 = older
+        request.sample2 = newer
+        for slot, metric_id in enumerate(GPM_METRICS):
+            request.metrics[slot].metricId = metric_id
+        lib.nvmlGpmMetricsGet(request)
+        gpm.samples = [newer, older]  # the newest sample opens the next window
+        gpm.taken_at = now
+        out: dict[str, float] = {}
+        for slot in range(len(GPM_METRICS)):
+            metric = request.metrics[slot]
+            if metric.nvmlReturn == 0 and metric.value == metric.value:  # NaN: no data
+                out[GPM_METRICS[metric.metricId]] = metric.value
+        return out
+
+    # ---- XID events (event tier) -------------------------------------------------------
+
+    def wait_xid(self, timeout_ms: int) -> list[XidEvent]:
+        """Block up to `timeout_ms` for XID events; return everything pending."""
+        lib = self.lib
+        if self._event_set is None:
+            self._event_set = lib.nvmlEventSetCreate()
+            for dev in self._devices:
+                if dev.handle is None:
+                    continue  # lost before we ever saw it: nothing to register
+                try:
+                    lib.nvmlDeviceRegisterEvents(dev.handle, NVML_EVENT_TYPE_XID_CRITICAL_ERROR,
+                                                 self._event_set)
+                except Exception as exc:
+                    if not is_nvml_error(exc):
+                        raise
+                    log.debug("GPU %d: XID events unavailable: %s", dev.identity.index, exc)
+        events: list[XidEvent] = []
+        wait = timeout_ms
+        while True:
+            try:
+                data = lib.nvmlEventSetWait(self._event_set, wait)
+            except Exception as exc:
+                if nvml_code(exc) == NVML_ERROR_TIMEOUT:
+                    return events
+                raise
+            dev = self._by_handle.get(_handle_key(data.device))
+            events.append(XidEvent(dev.identity if dev else None, int(data.eventData),
+                                   time.time()))
+            wait = 0  # drain whatever else is already queued, without waiting again
+
+    def close(self) -> None:
+        if not self._initialised:
+            return
+        lib = self.lib
+        try:
+            if self._event_set is not None:
+                lib.nvmlEventSetFree(self._event_set)
+            for dev in self._devices:
+                if dev.gpm is not None:
+                    for sample in dev.gpm.samples:
+                        lib.nvmlGpmSampleFree(sample)
+            lib.nvmlShutdown()
+        except Exception as exc:
+            if not is_nvml_error(exc):
+                raise
+            log.debug("NVML shutdown: %s", exc)
+        self._initialised = False
+
+
+def load_library(path: str | None = None) -> Any:
+    """The real pynvml module, or NvmlUnavailable when nvidia-ml-py itself is missing.
+
+    A missing libnvidia-ml.so surfaces later, from nvmlInit, as NVML_ERROR_LIBRARY_NOT_FOUND.
+    """
+    try:
+        import pynvml
+    except ImportError as exc:
+        raise NvmlUnavailable("python package nvidia-ml-py is not installed") from exc
+    if path:
+        # pynvml looks the library up by name; preloading it by path makes that lookup succeed.
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise NvmlUnavailable(f"cannot load NVML from {path}: {exc}") from exc
+    return pynvml
