@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from contextlib import AsyncExitStack
 from typing import Any
 
 from aiohttp import web
 
 from kvscope import collectors
-from kvscope.config import Config, ConfigError
+from kvscope.config import Config, ConfigError, set_dotted
 from kvscope.context import NodeContext
 from kvscope.runtime import Runtime
 from kvscope.server import build_app
@@ -46,17 +47,39 @@ def build_runtime(ctx: NodeContext) -> Runtime:
     return Runtime(collectors.build(ctx), staleness_factor=ctx.config.staleness_factor)
 
 
+async def start_sim_services(ctx: NodeContext, stack: AsyncExitStack) -> None:
+    """Start the simulated node's fake services and point the config at them."""
+    if ctx.sim is None:
+        return
+    from kvscope.sim.services import start_all
+
+    overrides = await start_all(ctx.sim, stack)
+    if overrides:
+        data = ctx.config.model_dump()
+        for dotted, value in overrides.items():
+            set_dotted(data, dotted, value)
+        ctx.config = Config.model_validate(data)
+
+
 async def collect_once(ctx: NodeContext) -> bytes:
-    runtime = build_runtime(ctx)
-    try:
-        await runtime.poll_all_once()
-        return runtime.exposition()
-    finally:
-        await runtime.stop()
+    async with AsyncExitStack() as stack:
+        await start_sim_services(ctx, stack)
+        runtime = build_runtime(ctx)
+        try:
+            await runtime.poll_all_once()
+            return runtime.exposition()
+        finally:
+            await runtime.stop()
 
 
 async def serve(ctx: NodeContext) -> None:
     """Serve until SIGTERM or SIGINT, then stop pollers and release NVML cleanly."""
+    async with AsyncExitStack() as stack:
+        await start_sim_services(ctx, stack)
+        await _serve(ctx)
+
+
+async def _serve(ctx: NodeContext) -> None:
     config = ctx.config
     web_config = load_web_config(config.web.config_file) if config.web.config_file else None
     tls = None

@@ -130,6 +130,19 @@ def collect(config: Config) -> None:
 
 
 @main.command()
+@_common_options
+@_run
+def doctor(config: Config) -> None:
+    """Check this node (or a simulated one) and explain what is wrong. Exit 1 if critical."""
+    from kvscope import doctor as doctor_module
+    from kvscope.app import build_context
+
+    report, code = asyncio.run(doctor_module.run(build_context(config, oneshot=True)))
+    sys.stdout.write(report)
+    sys.exit(code)
+
+
+@main.command()
 def version() -> None:
     """Print the version."""
     click.echo(f"kvscope {__version__}")
@@ -138,7 +151,7 @@ def version() -> None:
 @main.command()
 def scenarios() -> None:
     """List the simulated node's scenarios."""
-    from kvscope.sim.scenarios import SCENARIOS
+    from kvscope.sim.scenarios import all_scenarios
 
-    for scenario in SCENARIOS.values():
+    for scenario in all_scenarios().values():
         click.echo(f"{scenario.name:<16} {scenario.description}")

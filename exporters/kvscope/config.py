@@ -97,6 +97,15 @@ class Paths(Strict):
     procfs: Path = Path("/proc")
 
 
+class KubernetesSettings(Strict):
+    """Where the Kubernetes API is; by default the in-cluster service and service account."""
+
+    api_url: str | None = Field(None, description="e.g. https://10.0.0.1:443; default in-cluster")
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    timeout: PositiveFloat = 5.0
+
+
 def _default_node_name() -> str:
     # dcgm-exporter's rule: NODE_NAME (from the downward API) if set, else the host name.
     return os.environ.get("NODE_NAME") or socket.gethostname()
@@ -105,6 +114,7 @@ def _default_node_name() -> str:
 class Config(Strict):
     web: WebSettings = WebSettings()
     paths: Paths = Paths()
+    kubernetes: KubernetesSettings = KubernetesSettings()
     node_name: str = Field(default_factory=_default_node_name)
     hostname_label: str = Field(
         "Hostname", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",

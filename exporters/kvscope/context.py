@@ -19,4 +19,5 @@ class NodeContext:
     sim: Any = None  # kvscope.sim.SimNode when serving the simulated node
     nvml: Any = None  # NVML library object shared by collectors: pynvml, or the sim's fake
     gpu_pods: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # UUID -> pod labels
+    topology: Any = None  # kvscope.topology_model.NodeTopology, set by the topology collector
     oneshot: bool = False  # `kvscope collect`: event tiers drain without waiting

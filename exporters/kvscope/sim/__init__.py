@@ -4,8 +4,8 @@
 collectors against these fakes; only the outside world is replaced.
 """
 
-from kvscope.sim.node import SimGpu, SimNode
+from kvscope.sim.node import SimGpu, SimNode, SimPod
 from kvscope.sim.nvml import FakeNvml
 from kvscope.sim.scenarios import SCENARIOS, build_scenario
 
-__all__ = ["SCENARIOS", "FakeNvml", "SimGpu", "SimNode", "build_scenario"]
+__all__ = ["SCENARIOS", "FakeNvml", "SimGpu", "SimNode", "SimPod", "build_scenario"]

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # An 8-GPU HGX H100 board: bus ids as they appear on common servers.
 HGX_BUS_IDS = ("18", "2A", "3A", "5D", "9A", "AB", "BA", "DB")
@@ -72,6 +73,23 @@ class XidFault:
 
 
 @dataclass
+class SimPod:
+    """A pod on the simulated node, as the kubelet and the Kubernetes API would describe it."""
+
+    name: str
+    namespace: str = "inference"
+    container: str = "engine"
+    gpus: tuple[int, ...] = ()  # GPU indices allocated by the device plugin
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # NVIDIA_VISIBLE_DEVICES, ...
+    privileged: bool = False
+    host_ipc: bool = False
+    pod_ip: str = "127.0.0.1"
+    uid: str = ""
+
+
+@dataclass
 class SimNode:
     hostname: str = "sim-node-0"
     driver_version: str = "580.95.05"
@@ -84,6 +102,12 @@ class SimNode:
     slow_calls: dict[str, float] = field(default_factory=dict)  # call name -> extra seconds
     xid_faults: list[XidFault] = field(default_factory=list)
     seed: int = 7
+    # Later subsystems hang their models here (each owned by its sim/<subsystem>.py module).
+    pods: list[SimPod] = field(default_factory=list)
+    node_labels: dict[str, str] = field(default_factory=dict)
+    topology: Any = None  # sim/topology.py: NVLink and PCIe layout
+    rdma: Any = None  # sim/rdma.py: RDMA devices, sysfs tree, eadm, pyverbs
+    engines: list[Any] = field(default_factory=list)  # sim/engines.py: fake engine servers
 
     def __post_init__(self) -> None:
         self._t0 = self.clock()

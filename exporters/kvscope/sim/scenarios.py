@@ -31,10 +31,23 @@ class Scenario:
     build: Callable[[SimOptions], SimNode]
 
 
+# Each subsystem's sim module appends a function that equips the default node (NVLink mesh,
+# RDMA NICs, PD pods, engines); every scenario starts from that fully equipped node.
+DEFAULT_EQUIPMENT: list[Callable[[SimNode, SimOptions], None]] = []
+
+
 def _node(opts: SimOptions, **fields: object) -> SimNode:
-    return SimNode(hostname=opts.hostname, gpus=make_gpus(opts.hostname), clock=opts.clock,
+    node = SimNode(hostname=opts.hostname, gpus=make_gpus(opts.hostname), clock=opts.clock,
                    latency_scale=opts.latency_scale, start_elapsed=opts.start_elapsed,
                    **fields)  # type: ignore[arg-type]
+    for equip in DEFAULT_EQUIPMENT:
+        equip(node, opts)
+    return node
+
+
+def register(scenario: Scenario) -> None:
+    """Add a scenario; subsystem sim modules call this at import."""
+    SCENARIOS[scenario.name] = scenario
 
 
 def healthy(opts: SimOptions) -> SimNode:
@@ -44,6 +57,11 @@ def healthy(opts: SimOptions) -> SimNode:
 # The "GPU 0 syndrome" measured on 8-GPU tensor-parallel serving: rank 0 does the scheduling,
 # sampling and detokenising work on top of its shard, so it saturates while the last ranks idle.
 HOTSPOT_UTIL = (98, 82, 78, 72, 68, 65, 52, 48)
+
+
+def all_scenarios() -> dict[str, Scenario]:
+    _load_subsystems()
+    return SCENARIOS
 
 
 def gpu0_hotspot(opts: SimOptions) -> SimNode:
@@ -89,7 +107,22 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+def _load_subsystems() -> None:
+    """Import the subsystem simulators so their equipment and scenarios are registered."""
+    import importlib
+
+    for module in SUBSYSTEM_MODULES:
+        importlib.import_module(module)
+
+
+# Subsystem simulators, imported lazily (they import this module for `register`).
+SUBSYSTEM_MODULES: list[str] = [
+    "kvscope.sim.pods",
+]
+
+
 def build_scenario(name: str, opts: SimOptions | None = None) -> SimNode:
+    _load_subsystems()
     try:
         scenario = SCENARIOS[name]
     except KeyError:

@@ -1,0 +1,57 @@
+"""Doctor section: GPUs, their load balance and memory headroom."""
+
+from __future__ import annotations
+
+from kvscope.context import NodeContext
+from kvscope.doctor import SECTIONS, Finding, Section, Severity, samples
+from kvscope.runtime import Runtime
+
+IMBALANCE_POINTS = 30.0  # busiest minus idlest utilisation, in percentage points
+FB_FULL_RATIO = 0.95
+
+
+async def gpu_section(ctx: NodeContext, runtime: Runtime) -> Section:
+    section = Section("GPUs")
+    up = {labels["gpu"]: (labels, value) for labels, value in samples(runtime, "kvscope_gpu_up")}
+    if not up:
+        available = [v for _, v in samples(runtime, "kvscope_gpu_nvml_available")]
+        section.lines.append("no GPUs found" + (" (NVML not available)" if available == [0.0]
+                                                else ""))
+        return section
+    util = {labels["gpu"]: v for labels, v in samples(runtime, "DCGM_FI_DEV_GPU_UTIL")}
+    used = {labels["gpu"]: v for labels, v in samples(runtime, "DCGM_FI_DEV_FB_USED")}
+    free = {labels["gpu"]: v for labels, v in samples(runtime, "DCGM_FI_DEV_FB_FREE")}
+    section.lines.append(f"{'GPU':<4} {'model':<24} {'util%':>6} {'FB used':>12}  state")
+    for gpu in sorted(up, key=int):
+        labels, is_up = up[gpu]
+        fb = ""
+        if gpu in used and gpu in free:
+            ratio = used[gpu] / max(1.0, used[gpu] + free[gpu])
+            fb = f"{ratio:6.1%}"
+            if ratio >= FB_FULL_RATIO:
+                section.findings.append(Finding(
+                    Severity.WARNING, f"GPU {gpu} framebuffer {ratio:.1%} full: next KV-cache "
+                    "growth or batch spike will OOM this rank first",
+                    "lower the engine's memory fraction (--mem-fraction-static / "
+                    "--gpu-memory-utilization) or rebalance KV cache across ranks"))
+        state = "up" if is_up else "LOST"
+        util_text = f"{util[gpu]:6.0f}" if gpu in util else "     -"
+        section.lines.append(f"{gpu:<4} {labels.get('modelName', ''):<24.24} {util_text} "
+                             f"{fb:>12}  {state}")
+        if not is_up:
+            section.findings.append(Finding(
+                Severity.CRITICAL, f"GPU {gpu} is lost (NVML: GPU_IS_LOST)",
+                "drain the node; a GPU that fell off the bus needs a reset or reboot"))
+    if len(util) > 1:
+        hi = max(util, key=lambda g: util[g])
+        lo = min(util, key=lambda g: util[g])
+        if util[hi] - util[lo] >= IMBALANCE_POINTS:
+            section.findings.append(Finding(
+                Severity.WARNING, f"GPU load imbalance: GPU {hi} at {util[hi]:.0f}% while GPU "
+                f"{lo} at {util[lo]:.0f}%; tensor-parallel throughput is capped by the busiest",
+                "check rank-0 extra work (scheduler, sampling, detokenise) and KV-cache "
+                "placement; compare DCGM_FI_PROF_SM_ACTIVE across ranks"))
+    return section
+
+
+SECTIONS.append(gpu_section)

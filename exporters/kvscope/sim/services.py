@@ -1,0 +1,48 @@
+"""Fake services of the simulated node (Kubernetes API, kubelet, engines), started on loopback.
+
+Each starter runs its server inside the given exit stack and returns config overrides (dotted
+keys) that point kvscope's real clients at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiohttp import web
+
+from kvscope.sim.node import SimNode
+
+Starter = Callable[[SimNode, AsyncExitStack], Awaitable[dict[str, Any]]]
+
+
+async def serve_app(app: web.Application, stack: AsyncExitStack, host: str = "127.0.0.1",
+                    port: int = 0) -> str:
+    """Run an aiohttp app on loopback for the life of `stack`; returns its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    bound = sockets[0].getsockname()[1]
+    return f"http://{host}:{bound}"
+
+
+async def start_kube_api(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
+    from kvscope.sim.kubeapi import build_app
+
+    url = await serve_app(build_app(node), stack)
+    return {"kubernetes.api_url": url}
+
+
+# Subsystem simulators append their starters (kubelet pod-resources, engine servers, ...).
+STARTERS: list[Starter] = [start_kube_api]
+
+
+async def start_all(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for start in STARTERS:
+        overrides.update(await start(node, stack))
+    return overrides

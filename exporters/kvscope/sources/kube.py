@@ -1,0 +1,115 @@
+"""Kubernetes API reader: this node's pods and the node object, nothing cluster-wide.
+
+In-cluster credentials (service-account token and CA) by default; `kubernetes.api_url` points it
+at any API server, such as the simulator's fake one in tests and the demo. Pods are listed with a
+field selector on spec.nodeName, so one agent per node never lists the whole cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class KubeError(Exception):
+    """The API could not be read; `reason` is a short label for errors_total."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def in_cluster_url() -> str | None:
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"https://{host}:{port}"
+
+
+class KubeClient:
+    def __init__(self, api_url: str, node_name: str, *, token_file: Path | None = None,
+                 ca_file: Path | None = None, timeout: float = 5.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.node_name = node_name
+        self._token_file = token_file
+        self._ca_file = ca_file
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, api_url: str | None, node_name: str, *, token_file: Path | None,
+                      ca_file: Path | None, timeout: float) -> KubeClient | None:
+        """A client, or None when there is no API to talk to (not in a cluster, no URL)."""
+        url = api_url or in_cluster_url()
+        if url is None:
+            return None
+        if api_url is None:  # in-cluster defaults
+            token_file = token_file or SA_DIR / "token"
+            ca_file = ca_file or SA_DIR / "ca.crt"
+        return cls(url, node_name, token_file=token_file, ca_file=ca_file, timeout=timeout)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self._token_file is not None:
+            try:
+                # Re-read each time: projected tokens rotate (kubelet refreshes them hourly).
+                token = self._token_file.read_text().strip()
+            except OSError as exc:
+                raise KubeError("token", f"cannot read token {self._token_file}: "
+                                         f"{exc.strerror}") from None
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.api_url.startswith("https"):
+            return False
+        ctx = ssl.create_default_context()
+        if self._ca_file is not None:
+            try:
+                ctx.load_verify_locations(self._ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise KubeError("ca", f"cannot load CA {self._ca_file}: {exc}") from None
+        return ctx
+
+    async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        url = f"{self.api_url}{path}"
+        try:
+            async with self._session.get(url, params=params, headers=self._headers(),
+                                         ssl=self._ssl()) as resp:
+                if resp.status != 200:
+                    raise KubeError(f"http_{resp.status}", f"GET {path}: HTTP {resp.status}")
+                return await resp.json()
+        except TimeoutError:
+            raise KubeError("timeout", f"GET {path}: timed out") from None
+        except aiohttp.ClientError as exc:
+            raise KubeError("connect", f"GET {path}: {exc}") from None
+        except ValueError as exc:
+            raise KubeError("decode", f"GET {path}: not JSON: {exc}") from None
+
+    async def node_pods(self) -> list[dict[str, Any]]:
+        data = await self.get("/api/v1/pods",
+                              {"fieldSelector": f"spec.nodeName={self.node_name}"})
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise KubeError("decode", "pod list without items")
+        return [p for p in items if isinstance(p, dict)]
+
+    async def node(self) -> dict[str, Any]:
+        data = await self.get(f"/api/v1/nodes/{self.node_name}")
+        if not isinstance(data, dict):
+            raise KubeError("decode", "node is not an object")
+        return data
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

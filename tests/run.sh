@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run them all. This is the README's test command and
+# what CI (.ci/run) calls, so a missing install step fails here first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
+  || need_apt+=(prometheus-alertmanager)
+if ((${#need_apt[@]})); then
+  echo "installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${need_apt[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+# Extra test tools that later parts of the stack bring (helm, ...) are installed by their scripts.
+for setup in tests/setup.d/*.sh; do
+  [ -e "$setup" ] && bash "$setup"
+done
+
+python3 -m pytest -q -p no:cacheprovider "$@"
