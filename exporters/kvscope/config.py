@@ -106,6 +106,15 @@ class KubernetesSettings(Strict):
     timeout: PositiveFloat = 5.0
 
 
+class PdSettings(Strict):
+    """How pods declare their prefill/decode role and PD group (first matching key wins)."""
+
+    role_labels: tuple[str, ...] = ("kvscope.io/pd-role", "pd-role")
+    group_labels: tuple[str, ...] = ("kvscope.io/pd-group", "app.kubernetes.io/instance")
+    prefill_values: tuple[str, ...] = ("prefill", "p")
+    decode_values: tuple[str, ...] = ("decode", "d")
+
+
 def _default_node_name() -> str:
     # dcgm-exporter's rule: NODE_NAME (from the downward API) if set, else the host name.
     return os.environ.get("NODE_NAME") or socket.gethostname()
@@ -115,6 +124,7 @@ class Config(Strict):
     web: WebSettings = WebSettings()
     paths: Paths = Paths()
     kubernetes: KubernetesSettings = KubernetesSettings()
+    pd: PdSettings = PdSettings()
     node_name: str = Field(default_factory=_default_node_name)
     hostname_label: str = Field(
         "Hostname", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
