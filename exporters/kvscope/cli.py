@@ -99,7 +99,8 @@ def main() -> None:
 @_run
 def serve(config: Config) -> None:
     """Serve /metrics for this node's hardware (or the simulated node with --scenario)."""
-    from kvscope.app import build_context, serve as serve_forever
+    from kvscope.app import build_context
+    from kvscope.app import serve as serve_forever
 
     asyncio.run(serve_forever(build_context(config)))
 
@@ -111,7 +112,8 @@ def serve(config: Config) -> None:
 @_run
 def demo(config: Config, fault_delay: float) -> None:
     """Serve the simulated node (default scenario: healthy). No GPU needed."""
-    from kvscope.app import build_context, serve as serve_forever
+    from kvscope.app import build_context
+    from kvscope.app import serve as serve_forever
 
     if config.scenario is None:
         config = config.model_copy(update={"scenario": "healthy"})

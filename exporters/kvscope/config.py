@@ -145,15 +145,14 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    model: Any = Config
+    model: type[BaseModel] = Config
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
-        if field is None or not isinstance(field.annotation, type):
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
-        model = field.annotation
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return sorted(model.model_fields)
-    return []
+        model = annotation
+    return sorted(model.model_fields)
 
 
 def describe(err: ValidationError) -> str:

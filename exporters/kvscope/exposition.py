@@ -53,8 +53,11 @@ def merge(families: Iterable[Metric]) -> list[Metric]:
 
 
 def render_text(families: Iterable[Metric]) -> bytes:
-    return generate_text(_Families(families))  # type: ignore[arg-type]
+    body: bytes = generate_text(_Families(families))
+    return body
 
 
 def render_openmetrics(families: Iterable[Metric]) -> bytes:
-    return generate_openmetrics(_Families(_for_openmetrics(f) for f in families))  # type: ignore[arg-type]
+    registry = _Families(_for_openmetrics(f) for f in families)
+    body: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+    return body

@@ -74,7 +74,7 @@ class BlockingPool:
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         fut = self._executor.submit(fn, *args, **kwargs)
         self._pending.add(fut)  # type: ignore[arg-type]
-        fut.add_done_callback(self._pending.discard)  # type: ignore[arg-type]
+        fut.add_done_callback(self._pending.discard)
         return await asyncio.wrap_future(fut)
 
     def shutdown(self) -> None:

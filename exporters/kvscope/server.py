@@ -8,6 +8,7 @@ import binascii
 import html
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -107,7 +108,7 @@ def headers_middleware(headers: dict[str, str]) -> Callable[[web.Request, Handle
 
 
 def build_app(runtime: Runtime, web_config: WebConfig | None = None) -> web.Application:
-    middlewares = []
+    middlewares: list[Any] = []
     if web_config is not None:
         if web_config.http_server_config.headers:
             middlewares.append(headers_middleware(web_config.http_server_config.headers))

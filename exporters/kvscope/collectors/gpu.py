@@ -7,7 +7,9 @@ Tiers: static (enumerate GPUs), fast (utilisation, memory, clocks, power, GPM ra
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -160,8 +162,10 @@ CLOCK_EVENT_REASONS: Mapping[int, str] = {
 class GpuCollector(Collector):
     name = "gpu"
 
-    def __init__(self, ctx: NodeContext, library: Any = None) -> None:
+    def __init__(self, ctx: NodeContext, library: Any = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._ctx = ctx
+        self._monotonic = monotonic
         self._cfg = ctx.config.collectors.gpu
         self._library = library
         self._source: NvmlSource | None = None
@@ -189,8 +193,6 @@ class GpuCollector(Collector):
             return await self._poll_static(pool)
         if self._unavailable is not None:
             if tier is Tier.EVENT and not self._ctx.oneshot:
-                import asyncio
-
                 await asyncio.sleep(self._cfg.xid_wait)  # nothing to wait on; do not spin
             return []
         source = self._source
@@ -213,7 +215,8 @@ class GpuCollector(Collector):
                 lib = self._library if self._library is not None else \
                     load_library(self._cfg.nvml_library)
                 self._source = NvmlSource(lib, gpm=self._cfg.gpm,
-                                          min_gpm_window=self._cfg.min_gpm_window)
+                                          min_gpm_window=self._cfg.min_gpm_window,
+                                          monotonic=self._monotonic)
             except NvmlUnavailable as exc:
                 return self._mark_unavailable(str(exc))
         try:
@@ -238,8 +241,6 @@ class GpuCollector(Collector):
 
     async def close(self) -> None:
         if self._source is not None:
-            import asyncio
-
             await asyncio.to_thread(self._source.close)
 
     # ---- labels --------------------------------------------------------------------------

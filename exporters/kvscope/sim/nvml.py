@@ -299,7 +299,8 @@ class FakeNvml:
         if self.node.latency_scale == 0:
             return 0.0
         p50, p99 = FIELD_LATENCY
-        return p50 * self.node.latency_scale * (p99 / p50) ** abs(self._rng.gauss(0, 0.4))
+        spread: float = (p99 / p50) ** abs(self._rng.gauss(0, 0.4))
+        return p50 * self.node.latency_scale * spread
 
     # ---- slow readings -----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ PD_GROUP = "qwen25-72b"
 
 def pd_pods(node: SimNode, *, isolated: bool = False) -> list[SimPod]:
     """Prefill and decode pods; `isolated` = each container sees only its own GPUs."""
-    pods = []
+    pods: list[SimPod] = []
     for name, role, gpus in (("sglang-prefill-0", "prefill", (0, 1, 2, 3)),
                              ("sglang-decode-0", "decode", (4, 5, 6, 7))):
         own = ",".join(node.gpus[i].uuid for i in gpus)

@@ -25,8 +25,8 @@ async def serve_app(app: web.Application, stack: AsyncExitStack, host: str = "12
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-    bound = sockets[0].getsockname()[1]
+    server: Any = site._server
+    bound = server.sockets[0].getsockname()[1]
     return f"http://{host}:{bound}"
 
 

@@ -420,8 +420,8 @@ class NvmlSource:
                 if nvml_code(exc) == NVML_ERROR_TIMEOUT:
                     return events
                 raise
-            dev = self._by_handle.get(_handle_key(data.device))
-            events.append(XidEvent(dev.identity if dev else None, int(data.eventData),
+            source = self._by_handle.get(_handle_key(data.device))
+            events.append(XidEvent(source.identity if source else None, int(data.eventData),
                                    time.time()))
             wait = 0  # drain whatever else is already queued, without waiting again
 
