@@ -6,9 +6,9 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.utils import floatToGoString
 
 TEXT_CONTENT_TYPE = CONTENT_TYPE_LATEST
 OPENMETRICS_CONTENT_TYPE = OPENMETRICS_TYPE
@@ -52,9 +52,52 @@ def merge(families: Iterable[Metric]) -> list[Metric]:
     return list(by_name.values())
 
 
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _text_type_name(family: Metric) -> str:
+    """The name on HELP/TYPE lines: the one the samples carry.
+
+    prometheus_client writes `<name>_total` for every counter; dcgm-exporter's counters
+    (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, ...) have no such suffix, and a TYPE line that names
+    no sample would leave them untyped in Prometheus.
+    """
+    if family.type == "counter":
+        if family.samples and all(s.name == family.samples[0].name for s in family.samples):
+            return family.samples[0].name
+        return family.name + "_total"
+    if family.type == "info":
+        return family.name + "_info"
+    return family.name
+
+
+_TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram",
+               "unknown": "untyped"}
+
+
 def render_text(families: Iterable[Metric]) -> bytes:
-    body: bytes = generate_text(_Families(families))
-    return body
+    """Prometheus text format 0.0.4."""
+    lines: list[str] = []
+    for family in families:
+        name = _text_type_name(family)
+        lines.append(f"# HELP {name} {_escape_help(family.documentation)}")
+        lines.append(f"# TYPE {name} {_TEXT_TYPES.get(family.type, family.type)}")
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue  # OpenMetrics-only series
+            if sample.labels:
+                labels = ",".join(f'{k}="{_escape_value(v)}"'
+                                  for k, v in sorted(sample.labels.items()))
+                lines.append(f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}")
+            else:
+                lines.append(f"{sample.name} {floatToGoString(sample.value)}")
+    lines.append("")
+    return "\n".join(lines).encode()
 
 
 def render_openmetrics(families: Iterable[Metric]) -> bytes:

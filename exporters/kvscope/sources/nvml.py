@@ -260,6 +260,7 @@ class NvmlSource:
         self._devices: list[_Device] = []
         self._by_handle: dict[Hashable, _Device] = {}
         self._event_set: Any = None
+        self._registered: set[Hashable] = set()
         self._initialised = False
         self.inventory: Inventory | None = None
 
@@ -290,6 +291,12 @@ class NvmlSource:
         self._devices = devices
         self._by_handle = {_handle_key(d.handle): d for d in devices if d.handle is not None}
         self.inventory = Inventory(driver, tuple(d.identity for d in devices))
+        try:
+            self._register_events()
+        except Exception as exc:
+            if not is_nvml_error(exc):
+                raise
+            log.debug("NVML event set unavailable: %s", exc)
         return self.inventory
 
     def _describe(self, index: int, previous: _Device | None) -> _Device:
@@ -396,21 +403,30 @@ class NvmlSource:
 
     # ---- XID events (event tier) -------------------------------------------------------
 
+    def _register_events(self) -> None:
+        """Register every known GPU for XID events, at discovery: a GPU that falls off the bus
+        must already be registered to report the XID that says so."""
+        lib = self.lib
+        if self._event_set is None:
+            self._event_set = lib.nvmlEventSetCreate()
+        for dev in self._devices:
+            key = _handle_key(dev.handle)
+            if dev.handle is None or key in self._registered:
+                continue
+            try:
+                lib.nvmlDeviceRegisterEvents(dev.handle, NVML_EVENT_TYPE_XID_CRITICAL_ERROR,
+                                             self._event_set)
+                self._registered.add(key)
+            except Exception as exc:
+                if not is_nvml_error(exc):
+                    raise
+                log.debug("GPU %d: XID events unavailable: %s", dev.identity.index, exc)
+
     def wait_xid(self, timeout_ms: int) -> list[XidEvent]:
         """Block up to `timeout_ms` for XID events; return everything pending."""
         lib = self.lib
         if self._event_set is None:
-            self._event_set = lib.nvmlEventSetCreate()
-            for dev in self._devices:
-                if dev.handle is None:
-                    continue  # lost before we ever saw it: nothing to register
-                try:
-                    lib.nvmlDeviceRegisterEvents(dev.handle, NVML_EVENT_TYPE_XID_CRITICAL_ERROR,
-                                                 self._event_set)
-                except Exception as exc:
-                    if not is_nvml_error(exc):
-                        raise
-                    log.debug("GPU %d: XID events unavailable: %s", dev.identity.index, exc)
+            self._register_events()
         events: list[XidEvent] = []
         wait = timeout_ms
         while True:

@@ -1,0 +1,85 @@
+"""Shared fixtures: the simulated node with a frozen clock, and runtimes built on it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvscope.app import build_context, build_runtime
+from kvscope.config import load
+from kvscope.context import NodeContext
+from kvscope.sim.scenarios import SimOptions, build_scenario
+
+NODE = "golden-node"
+
+
+class FrozenClock:
+    """A clock tests move by hand; the sim node's values depend only on it."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+def sim_context(scenario: str, clock: Callable[[], float] | None = None,
+                fault_delay: float = 0.0, overrides: dict[str, Any] | None = None,
+                oneshot: bool = True, **node_changes: Any) -> NodeContext:
+    """A context for `scenario` with modelled latency off and, by default, only the GPU
+    collector on (other subsystems have their own tests)."""
+    settings = {"node_name": NODE, "scenario": scenario,
+                **{f"collectors.{c}.enabled": False
+                   for c in ("nvlink", "topology", "rdma", "engines")}}
+    settings.update(overrides or {})
+    config = load(None, settings)
+    opts = SimOptions(hostname=NODE, fault_delay=fault_delay, latency_scale=0.0,
+                      clock=clock or FrozenClock())
+    node = build_scenario(scenario, opts)
+    for key, value in node_changes.items():
+        setattr(node, key, value)
+    return build_context(config, oneshot=oneshot, sim_node=node)
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse(body: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Exposition text -> {sample name: [(labels, value)]}, sample names exactly as written.
+
+    (prometheus_client's parser renames un-suffixed counter samples to `_total`, which would
+    hide exactly the dcgm-exporter naming these tests check.)
+    """
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"unparseable exposition line: {line!r}"
+        name, labels, value = match.groups()
+        parsed = {k: bytes(v, "utf-8").decode("unicode_escape")
+                  for k, v in _LABEL.findall(labels or "")}
+        out.setdefault(name, []).append((parsed, float(value)))
+    # The real parser must accept the whole body too.
+    list(text_string_to_metric_families(body.decode()))
+    return out
+
+
+def by_gpu(samples: list[tuple[dict[str, str], float]]) -> dict[str, float]:
+    return {labels["gpu"]: value for labels, value in samples}
+
+
+__all__ = ["NODE", "FrozenClock", "build_runtime", "by_gpu", "parse", "sim_context"]

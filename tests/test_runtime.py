@@ -1,0 +1,159 @@
+"""Runtime: collector isolation, timeouts, staleness and render-once caching."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+from prometheus_client.core import Metric
+
+from conftest import FrozenClock, parse, sim_context
+from kvscope.app import build_runtime
+from kvscope.families import gauge
+from kvscope.runtime import BlockingPool, Collector, CollectorError, Runtime, Schedule, Tier
+
+
+class Steady(Collector):
+    name = "steady"
+
+    def schedules(self) -> dict[Tier, Schedule]:
+        return {Tier.FAST: Schedule(5, 1)}
+
+    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+        return [gauge("steady_value", "A healthy collector's value.").add({}, 42).metric]
+
+
+class Raising(Collector):
+    name = "raising"
+
+    def schedules(self) -> dict[Tier, Schedule]:
+        return {Tier.FAST: Schedule(5, 1)}
+
+    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+        raise RuntimeError("driver exploded")
+
+
+class Hanging(Collector):
+    """A blocking read that never returns until released, like a wedged sysfs file."""
+
+    name = "hanging"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def schedules(self) -> dict[Tier, Schedule]:
+        return {Tier.FAST: Schedule(5, 0.2)}
+
+    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+        self.calls += 1
+        await pool.run(self.release.wait)
+        return []
+
+
+class Refusing(Collector):
+    name = "refusing"
+
+    def schedules(self) -> dict[Tier, Schedule]:
+        return {Tier.FAST: Schedule(5, 1)}
+
+    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+        raise CollectorError("connect", "endpoint refused the connection")
+
+
+def health(body: bytes) -> dict[str, float]:
+    return {labels["collector"]: v for labels, v in parse(body)["kvscope_collector_up"]}
+
+
+def errors(body: bytes) -> dict[tuple[str, str], float]:
+    return {(lb["collector"], lb["reason"]): v
+            for lb, v in parse(body).get("kvscope_collector_errors_total", [])}
+
+
+async def test_raising_collector_leaves_others_intact() -> None:
+    runtime = Runtime([Steady(), Raising(), Refusing()])
+    await runtime.poll_all_once()
+    body = runtime.exposition()
+    assert parse(body)["steady_value"] == [({}, 42.0)]
+    assert health(body) == {"steady": 1, "raising": 0, "refusing": 0}
+    assert errors(body) == {("raising", "RuntimeError"): 1, ("refusing", "connect"): 1}
+    await runtime.stop()
+
+
+async def test_hung_collector_times_out_and_is_not_stacked() -> None:
+    hanging = Hanging()
+    runtime = Runtime([Steady(), hanging])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await runtime.poll_all_once()
+    assert loop.time() - started < 1.0  # one timeout (0.2 s), the steady collector unaffected
+    await runtime.poll_once(hanging, Tier.FAST)  # the wedged read still holds its thread
+    body = runtime.exposition()
+    assert hanging.calls == 1  # the second poll did not queue behind the first
+    assert errors(body) == {("hanging", "timeout"): 1, ("hanging", "busy"): 1}
+    assert health(body) == {"steady": 1, "hanging": 0}
+    assert parse(body)["steady_value"] == [({}, 42.0)]
+    hanging.release.set()
+    await asyncio.sleep(0.05)
+    await runtime.poll_once(hanging, Tier.FAST)
+    assert health(runtime.exposition())["hanging"] == 1  # recovers once the read returns
+    await runtime.stop()
+
+
+async def test_gpu_collector_hang_does_not_break_scrape() -> None:
+    ctx = sim_context("healthy", slow_calls={"nvmlDeviceGetUtilizationRates": 1.0},
+                      overrides={"collectors.gpu.timeout": 0.3})
+    runtime = build_runtime(ctx)
+    await runtime.poll_all_once()
+    metrics = parse(runtime.exposition())
+    up = {labels["collector"]: v for labels, v in metrics["kvscope_collector_up"]}
+    assert up == {"gpu": 0, "self": 1}
+    assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in metrics  # the slow tier still reported
+    assert "process_resident_memory_bytes" in metrics
+    await runtime.stop()
+
+
+async def test_stale_snapshot_is_dropped_not_served() -> None:
+    clock = FrozenClock(start=10_000)
+    runtime = Runtime([Steady()], clock=clock, staleness_factor=3, min_staleness=15)
+    await runtime.poll_all_once()
+    assert "steady_value" in parse(runtime.exposition())
+    clock.advance(14.9)
+    assert "steady_value" in parse(runtime.exposition())
+    clock.advance(0.2)  # past max(3 x 5 s, 15 s) with no new poll
+    body = runtime.exposition()
+    assert "steady_value" not in parse(body)
+    assert health(body) == {"steady": 0}
+    assert runtime.collector_health()["steady"]["errors"] == ["fast: stale"]
+    await runtime.stop()
+
+
+async def test_exposition_rendered_once_per_change() -> None:
+    runtime = Runtime([Steady()])
+    await runtime.poll_all_once()
+    bodies = [runtime.exposition() for _ in range(50)]
+    assert runtime.renders == 1 and len(set(bodies)) == 1
+    runtime.exposition(openmetrics=True)
+    assert runtime.renders == 2  # each format once
+    await runtime.poll_all_once()
+    runtime.exposition()
+    assert runtime.renders == 3
+    await runtime.stop()
+
+
+async def test_openmetrics_types_dcgm_counters_unknown() -> None:
+    ctx = sim_context("healthy")
+    runtime = build_runtime(ctx)
+    await runtime.poll_all_once()
+    om = runtime.exposition(openmetrics=True).decode()
+    text = runtime.exposition().decode()
+    await runtime.stop()
+    assert om.rstrip().endswith("# EOF")
+    assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION unknown" in om
+    assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter" in text
+    assert "# TYPE kvscope_collector_errors counter" in om or "kvscope_collector_errors" not in om
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    names = {f.name for f in text_string_to_metric_families(om)}  # parses: valid OpenMetrics
+    assert "DCGM_FI_DEV_GPU_UTIL" in names
