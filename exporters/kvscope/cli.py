@@ -157,3 +157,7 @@ def scenarios() -> None:
 
     for scenario in all_scenarios().values():
         click.echo(f"{scenario.name:<16} {scenario.description}")
+
+
+if __name__ == "__main__":
+    main()

@@ -82,7 +82,7 @@ class WebSettings(Strict):
     @classmethod
     def _host_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("must be [host]:port, e.g. ':9447' or '127.0.0.1:9447'")
         del host
         return value
@@ -168,21 +168,21 @@ def describe(err: ValidationError) -> str:
     return f"'{_dotted(loc)}': {first['msg']}{shown}{more}"
 
 
-def read_file(path: Path) -> dict[str, Any]:
+def read_file(path: Path, what: str = "config file") -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path}{where}: not valid YAML") from None
+        raise ConfigError(f"{what} {path}{where}: not valid YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: top level must be a mapping")
+        raise ConfigError(f"{what} {path}: top level must be a mapping")
     return data
 
 

@@ -45,7 +45,7 @@ class WebConfig(_Strict):
 
 
 def load_web_config(path: Path) -> WebConfig:
-    data = read_file(path)
+    data = read_file(path, "web config")
     try:
         cfg = WebConfig.model_validate(data)
     except ValidationError as exc:
