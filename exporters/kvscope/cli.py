@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import logging
 import sys
 from collections.abc import Callable
@@ -63,6 +64,14 @@ def _setup_logging(level: str) -> None:
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
 
 
+def _leave(code: int) -> None:
+    """Exit without waiting for worker threads still stuck in a hung read (a wedged driver call
+    would otherwise hold the process at interpreter shutdown, where executors join threads)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _fail(message: str) -> None:
     click.echo(f"kvscope: error: {message}", err=True)
     sys.exit(2)
@@ -76,11 +85,12 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             config = load(kwargs.pop("config_file"), _overrides(kwargs))
             _setup_logging(config.log_level)
-            return fn(config, **{k: v for k, v in kwargs.items() if k in _extra_params(fn)})
+            fn(config, **{k: v for k, v in kwargs.items() if k in _extra_params(fn)})
         except ConfigError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
-            return None
+            _leave(130)
+        _leave(0)
 
     return wrapper
 
@@ -141,7 +151,7 @@ def doctor(config: Config) -> None:
 
     report, code = asyncio.run(doctor_module.run(build_context(config, oneshot=True)))
     sys.stdout.write(report)
-    sys.exit(code)
+    _leave(code)
 
 
 @main.command()

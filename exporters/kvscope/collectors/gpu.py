@@ -182,7 +182,7 @@ class GpuCollector(Collector):
         return {
             Tier.STATIC: Schedule(c.static, t),
             Tier.FAST: Schedule(c.fast, t),
-            Tier.SLOW: Schedule(c.slow, max(t, min(c.slow / 2, 15.0))),
+            Tier.SLOW: Schedule(c.slow, t),
             Tier.EVENT: Schedule(0.0, self._cfg.xid_wait + t),
         }
 

@@ -89,6 +89,11 @@ def xid_79(opts: SimOptions) -> SimNode:
     return node
 
 
+def nvml_hang(opts: SimOptions) -> SimNode:
+    """The driver stops answering a cheap call (seen with wedged GPUs): reads hang, not fail."""
+    return _node(opts, slow_calls={"nvmlDeviceGetUtilizationRates": 3600.0})
+
+
 def no_gpu_library(opts: SimOptions) -> SimNode:
     """A node where libnvidia-ml.so cannot be loaded: the agent serves everything else."""
     return _node(opts, library_missing=True)
@@ -101,6 +106,8 @@ SCENARIOS: dict[str, Scenario] = {
                  gpu0_hotspot),
         Scenario("oom-risk", "GPU 2 framebuffer 99.5% full, peers at 87%", oom_risk),
         Scenario("xid-79", "GPU 3 falls off the bus (XID 79) after the fault delay", xid_79),
+        Scenario("nvml-hang", "an NVML call hangs: the GPU collector reports itself down, "
+                 "the rest is served", nvml_hang),
         Scenario("no-nvml", "NVML library missing: no GPU series, everything else served",
                  no_gpu_library),
     )
