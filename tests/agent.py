@@ -65,7 +65,8 @@ class Agent:
                 time.sleep(0.1)
         raise AssertionError("agent did not start listening")
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    def get(self, path: str,
+            headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
         req = urllib.request.Request(self.base + path, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as resp:

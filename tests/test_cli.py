@@ -35,7 +35,8 @@ def test_collect_exits_zero_when_a_collector_fails(tmp_path: Path) -> None:
     metrics = parse(result.stdout.encode())
     up = {lb["collector"]: v for lb, v in metrics["kvscope_collector_up"]}
     assert up["gpu"] == 0 and up["self"] == 1
-    errors = {(lb["collector"], lb["reason"]) for lb, _ in metrics["kvscope_collector_errors_total"]}
+    errors = {(lb["collector"], lb["reason"])
+              for lb, _ in metrics["kvscope_collector_errors_total"]}
     assert ("gpu", "timeout") in errors
     assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in metrics  # the slow tier still answered
 

@@ -37,7 +37,7 @@ async def test_units_follow_dcgm_exporter() -> None:
     ctx = sim_context("oom-risk")
     gpu2 = ctx.sim.gpus[2]
     metrics = await collect(ctx)
-    total, reserved, used, free = ctx.sim.memory_bytes(gpu2)
+    _, reserved, used, free = ctx.sim.memory_bytes(gpu2)
     assert by_gpu(metrics["DCGM_FI_DEV_FB_USED"])["2"] == used // MIB
     assert by_gpu(metrics["DCGM_FI_DEV_FB_FREE"])["2"] == free // MIB
     assert by_gpu(metrics["DCGM_FI_DEV_FB_RESERVED"])["2"] == reserved // MIB

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path

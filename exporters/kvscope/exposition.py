@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from prometheus_client import utils as _client_utils
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-from prometheus_client.utils import floatToGoString
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = OPENMETRICS_TYPE
@@ -49,6 +49,11 @@ def merge(families: Iterable[Metric]) -> list[Metric]:
         else:
             existing.samples.extend(fam.samples)
     return list(by_name.values())
+
+
+def floatToGoString(value: float) -> str:
+    text: str = _client_utils.floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
 
 
 def _escape_help(text: str) -> str:

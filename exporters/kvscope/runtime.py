@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import gzip
 import logging
+import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import ClassVar, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from prometheus_client.core import Metric
 
@@ -57,28 +60,47 @@ class CollectorError(Exception):
 
 
 class BlockingPool:
-    """One worker thread per (collector, tier) for blocking reads.
+    """One daemon worker thread per (collector, tier) for blocking reads.
 
     A read that hangs past its timeout keeps its thread; the runtime then refuses to start the
     next poll of that tier (counted as `busy`) instead of queueing work behind the hung read.
+    The thread is a daemon so that a wedged driver call can never hold the agent at shutdown
+    (ThreadPoolExecutor joins its threads at interpreter exit).
     """
 
     def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kvscope-{name}")
-        self._pending: set[Future[object]] = set()
+        self._name = f"kvscope-{name}"
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pending: set[Future[Any]] = set()
 
     @property
     def busy(self) -> bool:
         return bool(self._pending)
 
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fut, call = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(call())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                fut.set_exception(exc)
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        fut = self._executor.submit(fn, *args, **kwargs)
-        self._pending.add(fut)  # type: ignore[arg-type]
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+            self._thread.start()
+        fut: Future[T] = Future()
+        self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
+        self._queue.put((fut, functools.partial(fn, *args, **kwargs)))
         return await asyncio.wrap_future(fut)
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._queue.put(None)
 
 
 class Collector(ABC):
