@@ -46,10 +46,13 @@ async def run_command(argv: list[str], limit_s: float) -> CommandResult:
         stderr=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limit_s)
-    except (TimeoutError, asyncio.CancelledError):
+    except asyncio.CancelledError:
+        _kill(proc)  # the poll itself was abandoned: leave nothing running behind it
+        raise
+    except TimeoutError:
         _kill(proc)
         with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
+            await proc.wait()
         raise CommandTimeoutError(f"{' '.join(argv)}: no answer in {limit_s:g}s; killed") from None
     return CommandResult(proc.returncode if proc.returncode is not None else -1,
                          out[:MAX_OUTPUT].decode("utf-8", "replace"),
