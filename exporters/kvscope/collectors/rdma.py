@@ -145,7 +145,7 @@ class RdmaCollector(Collector):
                       "pci_path": ident.pci_path}
             if ident.numa_node is not None:
                 labels["numa_node"] = str(ident.numa_node)
-            fam.add(labels, 1)
+            fam.add({k: v for k, v in labels.items() if v}, 1)  # absent, not "", when unknown
         return fam
 
     def _limit_families(self, report: VerbsReport) -> list[Family]:
@@ -246,7 +246,7 @@ class RdmaCollector(Collector):
             attrs = {"link_layer": p.link_layer or ""}
             if p.rate is not None:
                 attrs.update(width=p.rate.width, speed=p.rate.speed)
-            port_info.add({**labels, **attrs}, 1)
+            port_info.add({**labels, **{k: v for k, v in attrs.items() if v}}, 1)
             for fam, value in ((tx_b, p.traffic.tx_bytes), (rx_b, p.traffic.rx_bytes),
                                (tx_p, p.traffic.tx_packets), (rx_p, p.traffic.rx_packets)):
                 if value is not None:
