@@ -4,6 +4,7 @@ fixture tree: bytes (PMA data counters x 4), rates, states and identity."""
 from __future__ import annotations
 
 import pytest
+
 from rdma_helpers import FIXTURES, cli, samples, value
 
 HDR = 200 * 125_000_000

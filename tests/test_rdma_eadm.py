@@ -7,9 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from rdma_helpers import FIXTURES, cli, eadm_printing, fake_tool, samples, value
-
 from kvscope.parsers.eadm import OOT_COUNTERS, STABLE_NAMES, parse_stat, parse_version
+from rdma_helpers import FIXTURES, cli, eadm_printing, fake_tool, samples, value
 
 ALIBABA = str(FIXTURES / "erdma-alibaba")
 
@@ -22,7 +21,8 @@ def collect(*extra: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def test_stable_names_cover_the_55_driver_counters() -> None:
     assert len(OOT_COUNTERS) == 55 == len(set(STABLE_NAMES.values()))
-    assert STABLE_NAMES["verbs_create_qp_failed_cnt"] == "kvscope_erdma_verbs_create_qp_failed_total"
+    assert STABLE_NAMES["verbs_create_qp_failed_cnt"] == \
+        "kvscope_erdma_verbs_create_qp_failed_total"
     assert STABLE_NAMES["hw_bps_limit_drop_cnt"] == "kvscope_erdma_hw_bps_limit_drop_total"
     assert STABLE_NAMES["accept_total_cnt"] == "kvscope_erdma_accept_total"
     assert STABLE_NAMES["cmdq_comp_cnt"] == "kvscope_erdma_cmdq_completed_total"
