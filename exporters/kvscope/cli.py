@@ -34,6 +34,8 @@ def _common_options(fn: F) -> F:
         click.option("--path.procfs", "procfs", type=click.Path(path_type=Path),
                      help="procfs mount point (default /proc)."),
         click.option("--scenario", help="Serve the simulated node in this scenario."),
+        click.option("--collector.rdma.eadm-path", "rdma_eadm_path",
+                     help="Alibaba eadm tool for eRDMA statistics (default: eadm on PATH)."),
         click.option("--log.level", "log_level",
                      type=click.Choice(["debug", "info", "warning", "error"])),
     ]
@@ -49,7 +51,7 @@ def _common_options(fn: F) -> F:
 def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     mapping = {"listen_address": "web.listen_address", "web_config_file": "web.config_file",
                "sysfs": "paths.sysfs", "procfs": "paths.procfs", "scenario": "scenario",
-               "log_level": "log_level"}
+               "log_level": "log_level", "rdma_eadm_path": "collectors.rdma.eadm_path"}
     out = {dotted: kwargs[key] for key, dotted in mapping.items() if kwargs.get(key) is not None}
     for name in REGISTRY:
         value = kwargs.get(f"collector_{name}")

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 DEFAULT_PORT = 9447  # clashes with neither dcgm-exporter (9400) nor node_exporter (9100)
 COLLECTOR_NAMES = ("gpu", "nvlink", "topology", "rdma", "engines")
@@ -58,8 +67,64 @@ class TopologyConfig(CollectorConfig):
     pass
 
 
+class QpProfile(Strict):
+    """What a transfer engine asks of ibv_create_qp: checked against each device's limits."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    send_sge: PositiveInt
+    recv_sge: PositiveInt
+    send_wr: PositiveInt
+    recv_wr: PositiveInt
+    inline_data: NonNegativeInt = 0
+    clamps_to_device: bool = Field(
+        default=False,
+        description="the engine lowers SGE and WR counts to the device's max_sge and max_qp_wr "
+                    "before creating QPs (Mooncake does)")
+    description: str = ""
+
+
+# Shipped profiles; the numbers are each engine's defaults (see README, "RDMA").
+DEFAULT_QP_PROFILES: tuple[QpProfile, ...] = (
+    # DLSlime <= 0.0.1.post7 (rdma_context.cpp before commit 835ad32): 4 send and 4 receive SGEs;
+    # the LMDeploy PD incident on eRDMA. Its WR depth is not the issue; 256 is accepted anywhere.
+    QpProfile(name="dlslime-0.0.1", send_sge=4, recv_sge=4, send_wr=256, recv_wr=256,
+              description="DLSlime <= 0.0.1.post7 (LMDeploy PD): max_send_sge = max_recv_sge = 4"),
+    # Mooncake transfer engine GlobalConfig defaults: max_sge 4, max_wr 256, max_inline 64; it
+    # clamps SGE and WR to the device (updateGlobalConfig), so only the inline size can fail.
+    QpProfile(name="mooncake", send_sge=4, recv_sge=4, send_wr=256, recv_wr=256, inline_data=64,
+              clamps_to_device=True,
+              description="Mooncake TE defaults (MC_MAX_SGE 4, MC_MAX_WR 256, inline 64), "
+                          "clamped to the device"),
+    # UCX RC transport defaults, which NIXL's UCX backend inherits: UCX_IB_TX_MIN_SGE 5,
+    # UCX_IB_TX_MIN_INLINE 64, UCX_RC_TX_QUEUE_LEN 256, UCX_RC_RX_QUEUE_LEN 4095, one receive SGE.
+    QpProfile(name="ucx-rc", send_sge=5, recv_sge=1, send_wr=256, recv_wr=4095, inline_data=64,
+              description="UCX RC / NIXL UCX backend defaults (TX sge 5, inline 64, "
+                          "TX wr 256, RX wr 4095)"),
+)
+
+
 class RdmaConfig(CollectorConfig):
-    pass
+    eadm_path: str | None = Field(
+        default="eadm",
+        description="Alibaba's eadm tool (name on PATH or a path); absent = source off")
+    eadm_timeout: PositiveFloat = Field(
+        default=2.0, description="seconds one eadm call may take before it is killed")
+    rdma_tool_path: str | None = Field(
+        default="rdma",
+        description="iproute2's rdma tool, for QPs in use (`rdma -j resource show`)")
+    rdma_tool_timeout: PositiveFloat = 2.0
+    verbs: bool = Field(default=True, description="read device limits with pyverbs (if installed)")
+    qp_profiles: tuple[QpProfile, ...] = DEFAULT_QP_PROFILES
+    probe: bool = Field(
+        default=False,
+        description="create and destroy one RC QP per profile and device on the slow tier")
+    kv_transfer_devices: tuple[str, ...] = Field(
+        default=(), description="devices that carry KV transfer; empty = every RDMA device")
+    log_follow: bool = Field(default=False, description="count QP failure lines in engine logs")
+    log_paths: tuple[str, ...] = Field(
+        default=("/var/log/pods/*/*/*.log",), description="glob patterns of log files to follow")
+    log_max_bytes_per_poll: PositiveInt = Field(
+        default=4 * 1024 * 1024, description="read at most this much log text per slow poll")
 
 
 class EnginesConfig(CollectorConfig):

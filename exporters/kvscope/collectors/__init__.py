@@ -20,9 +20,17 @@ def _gpu(ctx: NodeContext) -> Collector:
     return GpuCollector(ctx, library=ctx.nvml)
 
 
+def _rdma(ctx: NodeContext) -> Collector:
+    from kvscope.collectors.rdma import RdmaCollector
+
+    rdma = getattr(ctx.sim, "rdma", None)  # the simulated node brings its pyverbs fake
+    return RdmaCollector(ctx, verbs_lib=rdma.verbs() if rdma is not None else None)
+
+
 # name -> factory; later collectors (nvlink, topology, rdma, engines) add themselves here.
 REGISTRY: dict[str, Factory] = {
     "gpu": _gpu,
+    "rdma": _rdma,
 }
 
 

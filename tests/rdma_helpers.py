@@ -1,0 +1,50 @@
+"""Shared helpers of the RDMA tests: run the CLI, read exposition samples, write fake tools."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvscope.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "rdma"
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def value(found: dict[str, list[tuple[dict[str, str], float]]], name: str,
+          **labels: str) -> float:
+    matches = [v for lb, v in found.get(name, []) if all(lb.get(k) == x for k, x in labels.items())]
+    assert len(matches) == 1, f"{name}{labels}: {len(matches)} samples"
+    return matches[0]
+
+
+def fake_tool(tmp_path: Path, name: str, body: str) -> Path:
+    """An executable Python script standing in for eadm: the real subprocess path, fake output."""
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\nimport os, sys, time, pathlib\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def eadm_printing(tmp_path: Path, stat_fixture: str) -> Path:
+    stat = FIXTURES / "eadm" / stat_fixture
+    ver = FIXTURES / "eadm" / "ver.txt"
+    return fake_tool(tmp_path, "eadm", (
+        "args = sys.argv[1:]\n"
+        f"text = pathlib.Path({str(ver)!r} if args[:1] == ['ver'] else {str(stat)!r}).read_text()\n"
+        "sys.stdout.write(text)\n"))

@@ -1,0 +1,41 @@
+"""The README's RDMA metric table lists exactly the families the RDMA collector exports."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+from kvscope.parsers.eadm import STABLE_NAMES
+from rdma_helpers import FIXTURES, cli, eadm_printing, samples
+from test_rdma_sim import Clock, node_for, scrape
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def documented() -> set[str]:
+    text = README.read_text()
+    table = text[text.index("<!-- metrics:rdma -->"):text.index("<!-- /metrics:rdma -->")]
+    return set(re.findall(r"^\| `([a-zA-Z_:][a-zA-Z0-9_:]*)` \|", table, re.M))
+
+
+@pytest.mark.parametrize("scenario", ["qp-failure", "port-down"])
+def test_every_exported_rdma_family_is_documented(scenario: str, tmp_path: Path) -> None:
+    found = asyncio.run(scrape(node_for(scenario, Clock())))
+    code, out = cli("collect", "--path.sysfs", str(FIXTURES / "erdma-alibaba"),
+                    "--no-collector.gpu", "--collector.rdma.eadm-path",
+                    str(eadm_printing(tmp_path, "stat_malformed.txt")))
+    assert code == 0
+    names = set(found) | set(samples(out))
+    ours = {n for n in names if n.startswith(("kvscope_rdma_", "kvscope_erdma_"))}
+    assert ours - documented() == set()
+
+
+def test_every_documented_family_is_produced_by_the_code() -> None:
+    source = "".join(p.read_text() for p in
+                     (Path(__file__).parent.parent / "exporters/kvscope/collectors").glob("*.py"))
+    for name in documented():
+        assert name in source or name in STABLE_NAMES.values() or \
+            name.startswith("kvscope_rdma_device_max_"), name
