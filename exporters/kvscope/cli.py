@@ -67,11 +67,9 @@ def _setup_logging(level: str) -> None:
 
 
 def _leave(code: int) -> None:
-    """Exit without waiting for worker threads still stuck in a hung read (a wedged driver call
-    would otherwise hold the process at interpreter shutdown, where executors join threads)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # Reader threads are daemons (runtime.BlockingPool), so one stuck in a wedged driver call
+    # cannot hold the exit.
+    sys.exit(code)
 
 
 def _fail(message: str) -> None:
