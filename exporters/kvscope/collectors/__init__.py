@@ -20,9 +20,23 @@ def _gpu(ctx: NodeContext) -> Collector:
     return GpuCollector(ctx, library=ctx.nvml)
 
 
+def _nvlink(ctx: NodeContext) -> Collector:
+    from kvscope.collectors.nvlink import NvlinkCollector
+
+    return NvlinkCollector(ctx)
+
+
+def _topology(ctx: NodeContext) -> Collector:
+    from kvscope.collectors.topology import TopologyCollector
+
+    return TopologyCollector(ctx)
+
+
 # name -> factory; later collectors (nvlink, topology, rdma, engines) add themselves here.
 REGISTRY: dict[str, Factory] = {
     "gpu": _gpu,
+    "nvlink": _nvlink,
+    "topology": _topology,
 }
 
 
