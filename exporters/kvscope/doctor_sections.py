@@ -1,5 +1,4 @@
 """Imports every doctor section so it registers itself, in report order."""
 
-from kvscope.doctor import gpu  # noqa: F401
-
-# Subsystem sections are added below: topology, rdma.
+# Subsystem sections are added here: gpu, topology, then rdma.
+from kvscope.doctor import gpu, topology  # noqa: F401

@@ -122,7 +122,8 @@ def _mask_bits(words: Iterable[int], word_bits: int = 64) -> tuple[int, ...]:
 
 def read_affinity(lib: Any, devices: Sequence[Device], cpu_count: int) -> list[GpuAffinity]:
     """CPUs and NUMA node nearest each GPU (what nvidia-smi topo -m prints at the right)."""
-    words = max(1, (cpu_count + 63) // 64)
+    # At least 1024 CPUs: NVML fills only what fits, and a container may under-report CPUs.
+    words = max(16, (cpu_count + 63) // 64)
     out = []
     for dev in devices:
         try:
