@@ -86,6 +86,12 @@ class SimTopology:
     p2p_status: int = 0  # NVML_P2P_STATUS_OK; e.g. 5 when the fabric manager is down
     hypernodes: list[dict[str, Any]] | None = None  # None: the Volcano CRD is not installed
     base_bytes: float = 1.1e12  # bytes already counted when the simulation starts
+    # One-off copies (src, dst) -> bytes, added on top of the flows (scripts' dry runs, tests).
+    transfers: dict[tuple[int, int], float] = field(default_factory=dict)
+
+    def add_transfer(self, src: int, dst: int, nbytes: float) -> None:
+        """A finished copy of `nbytes` from GPU `src` to GPU `dst` over NVLink."""
+        self.transfers[(src, dst)] = self.transfers.get((src, dst), 0.0) + nbytes
 
     # ---- NVLink ----------------------------------------------------------------------------
 
@@ -108,6 +114,8 @@ class SimTopology:
         start = self.base_bytes + gpu * 1.0e10
         tx = sum(f.bytes_per_second for f in self.flows if f.src == gpu) * elapsed
         rx = sum(f.bytes_per_second for f in self.flows if f.dst == gpu) * elapsed
+        tx += sum(n for (src, _), n in self.transfers.items() if src == gpu)
+        rx += sum(n for (_, dst), n in self.transfers.items() if dst == gpu)
         return start + tx, start * 0.97 + rx
 
     def link_kib(self, gpu: int, link: int, elapsed: float) -> tuple[int, int]:

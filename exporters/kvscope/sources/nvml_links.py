@@ -61,6 +61,9 @@ NVLINK_ERROR_DL_ECC_DATA = 4
 KIB = 1024
 MB = 1_000_000
 
+# nvmlValueType_t -> the c_nvmlValue_t union member holding the value
+VALUE_MEMBERS: Mapping[int, str] = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal",
+                                    5: "siVal", 6: "usVal"}
 # nvmlNvLinkDeviceType_t
 REMOTE_TYPES: Mapping[int, str] = {0: "gpu", 1: "ibmnpu", 2: "nvswitch", 255: "unknown"}
 # nvmlDeviceGetNvLinkVersion's enum -> NVLink generation as NVIDIA's documents name it
@@ -177,8 +180,11 @@ def _field_map(lib: Any, handle: Any, specs: Sequence[tuple[int, int]]) -> dict[
         return out
     for spec, fv in zip(specs, lib.nvmlDeviceGetFieldValues(handle, list(specs)), strict=False):
         if fv.nvmlReturn == 0:
-            v = fv.value
-            out[spec] = int(v.dVal) if fv.valueType == 0 else int(v.ullVal)
+            # Read the union member the value type names (a 4-byte uiVal read as ullVal is only
+            # right while the rest of the union happens to be zero).
+            member = VALUE_MEMBERS.get(int(fv.valueType), "ullVal")
+            value = getattr(fv.value, member, None)
+            out[spec] = int(value if value is not None else fv.value.ullVal)
     return out
 
 
