@@ -55,7 +55,7 @@ class Row:
     note: str = ""
 
 
-class CannotRun(Exception):
+class CannotRunError(Exception):
     pass
 
 
@@ -72,7 +72,7 @@ class Agent:
         from kvscope.context import NodeContext
         from kvscope.runtime import BlockingPool
 
-        self.ctx = NodeContext(config=Config(), nvml=library, oneshot=True)
+        self.ctx = NodeContext(config=Config.model_validate({}), nvml=library, oneshot=True)
         self.nvlink = NvlinkCollector(self.ctx, library=library)
         self.topology = TopologyCollector(self.ctx, library=library)
         self.pool = BlockingPool("check")
@@ -125,9 +125,9 @@ def torch_copier(src: int, dst: int, chunk_bytes: int, chunks: int) -> Callable[
     try:
         import torch
     except ImportError as exc:
-        raise CannotRun(f"torch is not installed: {exc}") from None
+        raise CannotRunError(f"torch is not installed: {exc}") from None
     if not torch.cuda.is_available() or torch.cuda.device_count() <= max(src, dst):
-        raise CannotRun(f"need CUDA devices {src} and {dst}; torch sees "
+        raise CannotRunError(f"need CUDA devices {src} and {dst}; torch sees "
                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}")
     if not torch.cuda.can_device_access_peer(src, dst):
         print(f"note: torch reports no peer access {src}->{dst}; the copy will be staged "
@@ -153,9 +153,9 @@ def torch_copier(src: int, dst: int, chunk_bytes: int, chunks: int) -> Callable[
 
 
 def compare_bytes(before: dict[tuple[str, int], float], after: dict[tuple[str, int], float],
-                  src: int, dst: int, nbytes: int, tolerance: float) -> list[Row]:
+                  *, src: int, dst: int, nbytes: int, tolerance: float) -> list[Row]:
     rows = []
-    for direction, gpu in (("tx", src), (("rx"), dst)):
+    for direction, gpu in (("tx", src), ("rx", dst)):
         key = (direction, gpu)
         if key not in before or key not in after:
             rows.append(Row(f"GPU{gpu} NVLink {direction.upper()} bytes", f"{nbytes:,}",
@@ -220,11 +220,11 @@ def _nvidia_smi_topo(timeout: float) -> str:
         done = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True,
                               timeout=timeout, check=False)
     except FileNotFoundError:
-        raise CannotRun("nvidia-smi not found") from None
+        raise CannotRunError("nvidia-smi not found") from None
     except subprocess.TimeoutExpired:
-        raise CannotRun(f"nvidia-smi topo -m hung for {timeout:.0f}s") from None
+        raise CannotRunError(f"nvidia-smi topo -m hung for {timeout:.0f}s") from None
     if done.returncode != 0:
-        raise CannotRun(f"nvidia-smi topo -m failed: {done.stderr.strip()[:200]}")
+        raise CannotRunError(f"nvidia-smi topo -m failed: {done.stderr.strip()[:200]}")
     return done.stdout
 
 
@@ -248,7 +248,7 @@ def _setup(args: argparse.Namespace, nbytes: int) -> tuple[Any, Callable[[], flo
     try:
         library = load_library()
     except NvmlUnavailable as exc:
-        raise CannotRun(str(exc)) from None
+        raise CannotRunError(str(exc)) from None
     copy = torch_copier(args.src, args.dst, args.chunk_mib * MIB, args.chunks)
     topo = Path(args.topo_file).read_text() if args.topo_file else _nvidia_smi_topo(30)
     return library, copy, topo
@@ -263,10 +263,11 @@ async def run(args: argparse.Namespace) -> int:
         before = await agent.counters()
         gpus = sorted({gpu for _, gpu in before})
         if len(gpus) < 2 and not args.scenario:
-            raise CannotRun(f"need two GPUs with NVLink; kvscope sees NVLink on {gpus}")
+            raise CannotRunError(f"need two GPUs with NVLink; kvscope sees NVLink on {gpus}")
         seconds = copy()
         after = await agent.counters()
-        rows = compare_bytes(before, after, args.src, args.dst, nbytes, args.tolerance)
+        rows = compare_bytes(before, after, src=args.src, dst=args.dst, nbytes=nbytes,
+                             tolerance=args.tolerance)
         if topo_text:
             rows += compare_matrix(agent.matrix(), topo_text)
             rows += compare_affinity(agent.affinity(), topo_text)
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(run(args))
-    except CannotRun as exc:
+    except CannotRunError as exc:
         print(f"check_nvlink_pair: cannot run: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
 
