@@ -202,3 +202,29 @@ async def test_modelled_cost_matches_the_h200_figures() -> None:
     assert timings[False] < 4e-3
     assert 12e-3 < timings[True] < 40e-3
     pool.shutdown()
+
+
+async def test_an_nvml_error_on_one_gpu_is_counted_and_the_rest_still_read() -> None:
+    from pynvml import NVMLError
+
+    node = sim_node("healthy")
+    ctx = context(node)
+    real_state = ctx.nvml.nvmlDeviceGetNvLinkState
+
+    def flaky_state(h: object, link: int) -> int:
+        if getattr(h, "gpu", None) is node.gpus[2]:
+            raise NVMLError(999)  # NVML_ERROR_UNKNOWN
+        return int(real_state(h, link))
+
+    ctx.nvml.nvmlDeviceGetNvLinkState = flaky_state
+    collector = NvlinkCollector(ctx)
+    pool = BlockingPool("t")
+    await _poll(collector, Tier.STATIC, pool)
+    fast = await _poll(collector, Tier.FAST, pool)
+    errors = {(lb["gpu"], lb["read"], lb["error"]): v
+              for lb, v in samples(fast, "kvscope_nvlink_nvml_errors_total")}
+    assert errors == {("2", "state", "nvml_error_999"): 1}
+    up_gpus = {lb["gpu"] for lb, _ in samples(fast, "kvscope_nvlink_link_up")}
+    assert up_gpus == set("0134567")
+    assert len(_by_gpu(fast, "kvscope_nvlink_transmit_bytes_total")) == 8
+    pool.shutdown()

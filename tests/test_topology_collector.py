@@ -183,3 +183,50 @@ def test_check_nvlink_pair_script_dry_runs() -> None:
                            capture_output=True, text=True, timeout=60, check=False)
     assert eight.returncode == 0, eight.stdout
     assert eight.stdout.count("link ") == 28  # every unordered GPU pair compared
+
+
+def test_demo_serves_the_unusable_pair_over_http() -> None:
+    import signal
+    import socket as sockets
+    import time
+    import urllib.request
+
+    with sockets.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = subprocess.Popen(
+        [sys.executable, "-c", "from kvscope.cli import main; main()", "demo", "--scenario",
+         "nvlink-bypass", "--web.listen-address", f"127.0.0.1:{port}"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    body = ""
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "kvscope_pd_pair_ipc_possible" not in body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+            except OSError:
+                time.sleep(0.2)
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=15)
+    assert 'path="NV18"' in body
+    assert 'reason="peer_gpus_not_visible"} 0.0' in body
+    assert demo.returncode == 0
+
+
+async def test_readme_nvlink_table_lists_exactly_the_exported_families() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- metrics:nvlink -->")[1].split("<!-- /metrics:nvlink -->")[0]
+    documented = set(re.findall(r"^\| `([A-Za-z_:][A-Za-z0-9_:]*)`", table, re.M))
+    node = sim_node("nvlink-degraded")
+    _, _, families = await collect(node, collectors={
+        "nvlink": {"per_link_bytes": True, "data_error_counters": True}})
+    ours = re.compile(r"^(kvscope_(nvlink|pd|pod|node_network)_|kvscope_gpu_(p2p|cpu_affinity|"
+                      r"nic_affinity)_|DCGM_FI_DEV_NVLINK_)")
+    exported = {s.name for f in families for s in f.samples if ours.match(s.name)}
+    # kvscope_nvlink_nvml_errors_total only appears after an NVML error: checked by name shape.
+    assert documented - exported == {"kvscope_nvlink_nvml_errors_total"}
+    assert exported <= documented
