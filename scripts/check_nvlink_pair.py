@@ -72,7 +72,9 @@ class Agent:
         from kvscope.context import NodeContext
         from kvscope.runtime import BlockingPool
 
-        self.ctx = NodeContext(config=Config.model_validate({}), nvml=library, oneshot=True)
+        # No Kubernetes API and no kubelet here: only the hardware is checked.
+        config = Config.model_validate({"collectors": {"topology": {"kubernetes_api": False}}})
+        self.ctx = NodeContext(config=config, nvml=library, oneshot=True)
         self.nvlink = NvlinkCollector(self.ctx, library=library)
         self.topology = TopologyCollector(self.ctx, library=library)
         self.pool = BlockingPool("check")
@@ -101,6 +103,15 @@ class Agent:
         return {(int(s.labels["gpu"]), int(s.labels["peer_gpu"])): s.labels["link_type"]
                 for family in self.static for s in family.samples
                 if s.name == "kvscope_gpu_p2p_link_info"}
+
+    def links(self) -> dict[int, int]:
+        """GPU index -> NVLinks kvscope found."""
+        out: dict[int, int] = {}
+        for family in self.static:
+            for s in family.samples:
+                if s.name == "kvscope_nvlink_link_info":
+                    out[int(s.labels["gpu"])] = out.get(int(s.labels["gpu"]), 0) + 1
+        return out
 
     def affinity(self) -> dict[int, tuple[str, str]]:
         return {int(s.labels["gpu"]): (s.labels["cpus"], s.labels["numa_node"])
@@ -268,6 +279,9 @@ async def run(args: argparse.Namespace) -> int:
         after = await agent.counters()
         rows = compare_bytes(before, after, src=args.src, dst=args.dst, nbytes=nbytes,
                              tolerance=args.tolerance)
+        links = agent.links()
+        rows += [Row(f"GPU{gpu} NVLinks", "-", str(links.get(gpu, 0)), None)
+                 for gpu in (args.src, args.dst)]
         if topo_text:
             rows += compare_matrix(agent.matrix(), topo_text)
             rows += compare_affinity(agent.affinity(), topo_text)
