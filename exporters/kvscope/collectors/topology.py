@@ -260,8 +260,10 @@ class TopologyCollector(Collector):
 
     def _kubelet_client(self) -> PodResourcesClient:
         if self._kubelet is None or self._kubelet.socket_path != self._cfg.pod_resources_socket:
+            # The List deadline stays inside the tier's timeout, so a slow kubelet is reported
+            # as a gRPC deadline, not as an abandoned poll that blocks the next one.
             self._kubelet = PodResourcesClient(
-                self._cfg.pod_resources_socket, timeout=self._cfg.timeout,
+                self._cfg.pod_resources_socket, timeout=self._cfg.timeout * 0.75,
                 max_message_bytes=self._cfg.pod_resources_max_message_bytes)
         return self._kubelet
 
