@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path

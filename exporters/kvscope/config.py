@@ -60,11 +60,34 @@ class GpuConfig(CollectorConfig):
 
 
 class NvlinkConfig(CollectorConfig):
-    pass
+    per_link_bytes: bool = Field(
+        default=False,
+        description="per-link TX/RX byte counters (fields 138/139 per link: ~17 ms per GPU on "
+                    "H200, 18 links x 8 GPUs of series); the per-GPU totals are always exported")
+    data_error_counters: bool = Field(
+        default=False,
+        description="also read CRC-data and ECC-data counts with "
+                    "nvmlDeviceGetNvLinkErrorCounter on the slow tier (~42 ms per GPU)")
 
 
 class TopologyConfig(CollectorConfig):
-    pass
+    pod_resources_socket: Path = Field(
+        default=Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+        description="kubelet pod-resources v1 socket; absent socket = pod attribution off")
+    pod_resources_max_message_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0,
+        description="largest List reply accepted (gRPC's default of 4 MiB fails on busy nodes)")
+    gpu_resource_names: tuple[str, ...] = Field(
+        default=("nvidia.com/gpu",),
+        description="extended resources that are whole GPUs (nvidia.com/mig-* are skipped)")
+    kubernetes_api: bool = Field(
+        default=True,
+        description="read pod roles, visibility and node placement from the API server")
+    switch_label: str = "topology.kubernetes.io/switch"
+    switch_type_label: str = "topology.kubernetes.io/switch-type"
+    volcano_hypernodes: bool = Field(
+        default=True,
+        description="take the node's switch chain from Volcano HyperNodes where they exist")
 
 
 class QpProfile(Strict):

@@ -1,5 +1,4 @@
 """Imports every doctor section so it registers itself, in report order."""
 
-from kvscope.doctor import gpu, rdma  # noqa: F401
-
-# Subsystem sections are added below: topology.
+# Report order: GPUs, topology and pods, then RDMA.
+from kvscope.doctor import gpu, rdma, topology  # noqa: F401

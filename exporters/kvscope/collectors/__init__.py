@@ -20,6 +20,18 @@ def _gpu(ctx: NodeContext) -> Collector:
     return GpuCollector(ctx, library=ctx.nvml)
 
 
+def _nvlink(ctx: NodeContext) -> Collector:
+    from kvscope.collectors.nvlink import NvlinkCollector
+
+    return NvlinkCollector(ctx)
+
+
+def _topology(ctx: NodeContext) -> Collector:
+    from kvscope.collectors.topology import TopologyCollector
+
+    return TopologyCollector(ctx)
+
+
 def _rdma(ctx: NodeContext) -> Collector:
     from kvscope.collectors.rdma import RdmaCollector
 
@@ -30,6 +42,8 @@ def _rdma(ctx: NodeContext) -> Collector:
 # name -> factory; later collectors (nvlink, topology, rdma, engines) add themselves here.
 REGISTRY: dict[str, Factory] = {
     "gpu": _gpu,
+    "nvlink": _nvlink,
+    "topology": _topology,
     "rdma": _rdma,
 }
 

@@ -47,8 +47,18 @@ LATENCY: dict[str, tuple[float, float]] = {
     "nvmlGpmSampleGet": (62e-6, 90e-6),
     "nvmlGpmMetricsGet": (3e-3, 5e-3),
     "nvmlEventSetWait": (0.0, 0.0),  # the wait itself is modelled separately
+    "nvmlDeviceGetNvLinkState": (1.5e-6, 2.1e-6),
+    # 18 links x 5 counters took 42.5 / 57 ms per GPU: ~0.47 ms a call.
+    "nvmlDeviceGetNvLinkErrorCounter": (0.47e-3, 0.63e-3),
 }
 FIELD_LATENCY = (0.14e-3, 0.22e-3)  # per field: a 37-field batch took 5.3 / 8.3 ms
+# NVLink fields cost more: 4 fields at scopeId 0xFFFFFFFF took 0.95 / 1.8 ms per GPU, and 36
+# per-link fields (138/139 x 18 links) 17.3 / 20.8 ms per GPU.
+NVLINK_FIELDS = frozenset({91, 138, 139, 140, 141, 161, 162, 163, 164, 165, 166})
+NVLINK_AGGREGATE_FIELD_LATENCY = (0.24e-3, 0.45e-3)
+NVLINK_PER_LINK_FIELD_LATENCY = (0.48e-3, 0.58e-3)
+SCOPE_ALL_LINKS = 0xFFFFFFFF
+INVALID_ARGUMENT = 2
 DEFAULT_LATENCY = (2e-6, 4e-6)
 SPIN_BELOW = 200e-6  # shorter waits spin (an ioctl costs CPU), longer ones sleep
 
@@ -279,14 +289,130 @@ class FakeNvml:
         if field_id in (197, 198):  # PCIE_COUNT_TX/RX_BYTES
             tx, rx = self.node.pcie_bytes(gpu)
             return 0, tx if field_id == 197 else rx
+        if field_id in NVLINK_FIELDS:
+            return self._nvlink_field(gpu, field_id, scope_id)
         return NOT_SUPPORTED, 0
+
+    # ---- NVLink and topology (sim/topology.py's SimTopology) -------------------------------
+
+    def _topology(self) -> Any:
+        return self.node.topology
+
+    def _links(self, gpu: SimGpu) -> int:
+        topo = self._topology()
+        return topo.links_per_gpu if topo is not None else 0
+
+    def _nvlink_field(self, gpu: SimGpu, field_id: int, scope_id: int) -> tuple[int, float | int]:
+        topo = self._topology()
+        links = self._links(gpu)
+        if links == 0:
+            return NOT_SUPPORTED, 0  # a GPU without NVLink
+        if field_id == 91:  # NVLINK_LINK_COUNT
+            return 0, links
+        scope = list(range(links)) if scope_id == SCOPE_ALL_LINKS else [scope_id]
+        if any(link >= links for link in scope):
+            return INVALID_ARGUMENT, 0
+        if field_id in (138, 139, 140, 141, 161, 162, 163):
+            return 0, self._nvlink_counter(topo, gpu, field_id, scope)
+        if scope_id == SCOPE_ALL_LINKS:
+            return INVALID_ARGUMENT, 0  # speed/state/version are per link only
+        values = {164: topo.link_speed_mbps,  # GET_SPEED, MB/s
+                  165: 1 if topo.link_active(gpu.index, scope_id) else 0,  # GET_STATE
+                  166: topo.nvlink_version}  # GET_VERSION
+        return 0, values[field_id]
+
+    def _nvlink_counter(self, topo: Any, gpu: SimGpu, field_id: int, scope: list[int]) -> int:
+        t = self.node.elapsed()
+        if field_id in (161, 162, 163):  # ERROR_DL_REPLAY/RECOVERY/CRC
+            return sum(int(topo.dl_errors(gpu.index, link, t)[field_id - 161]) for link in scope)
+        # THROUGHPUT_DATA/RAW_TX/RX in KiB. TX ids are even (138, 140), RX odd; RAW adds the
+        # protocol overhead (+6.4% on H200).
+        kib = sum(int(topo.link_kib(gpu.index, link, t)[field_id % 2]) for link in scope)
+        return int(kib * 1.064) if field_id in (140, 141) else kib
+
+    def _check_link(self, h: SimHandle, link: int) -> Any:
+        topo = self._topology()
+        if self._links(h.gpu) == 0:
+            raise NVMLError(NOT_SUPPORTED)
+        if not 0 <= link < topo.links_per_gpu:
+            raise NVMLError(INVALID_ARGUMENT)
+        return topo
+
+    @_nvml_call
+    def nvmlDeviceGetNvLinkState(self, h: SimHandle, link: int) -> int:
+        topo = self._check_link(h, link)
+        return 1 if topo.link_active(h.gpu.index, link) else 0
+
+    @_nvml_call
+    def nvmlDeviceGetNvLinkVersion(self, h: SimHandle, link: int) -> int:
+        return int(self._check_link(h, link).nvlink_version)
+
+    @_nvml_call
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: SimHandle, link: int) -> int:
+        self._check_link(h, link)
+        return 2  # NVML_NVLINK_DEVICE_TYPE_SWITCH: every simulated fabric is switched
+
+    @_nvml_call
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, h: SimHandle, link: int) -> SimpleNamespace:
+        topo = self._check_link(h, link)
+        # NVSwitch chips show up as PCI functions on the baseboard's own buses.
+        return SimpleNamespace(busId=f"00000000:{0x05 + topo.switch_of(link):02X}:00.0".encode())
+
+    @_nvml_call
+    def nvmlDeviceGetNvLinkErrorCounter(self, h: SimHandle, link: int, counter: int) -> int:
+        topo = self._check_link(h, link)
+        if counter in (0, 1, 2):  # DL_REPLAY, DL_RECOVERY, DL_CRC_FLIT: same as fields 161-163
+            return int(topo.dl_errors(h.gpu.index, link, self.node.elapsed())[
+                (0, 1, 2).index(counter)])
+        if counter in (3, 4):  # DL_CRC_DATA, DL_ECC_DATA: counters no field carries
+            return int(topo.data_errors.get((h.gpu.index, link), (0, 0))[counter - 3])
+        raise NVMLError(INVALID_ARGUMENT)
+
+    @_nvml_call
+    def nvmlDeviceGetTopologyCommonAncestor(self, h1: SimHandle, h2: SimHandle) -> int:
+        topo = self._topology()
+        if topo is None:
+            raise NVMLError(NOT_SUPPORTED)
+        return int(topo.common_ancestor(h1.gpu.index, h2.gpu.index))
+
+    @_nvml_call
+    def nvmlDeviceGetP2PStatus(self, h1: SimHandle, h2: SimHandle, index: int) -> int:
+        if not isinstance(index, int):
+            # What ctypes does with pynvml's NVML_P2P_CAPS_INDEX_READ, the tuple (0,).
+            raise TypeError("an integer is required (got type tuple)")
+        topo = self._topology()
+        if topo is None:
+            raise NVMLError(NOT_SUPPORTED)
+        if index == 2:  # NVML_P2P_CAPS_INDEX_NVLINK
+            return int(topo.p2p_status) if self._links(h1.gpu) else 5
+        return 5 if index == 4 else 0  # PCI: NOT_SUPPORTED on H200; READ/WRITE/ATOMICS: OK
+
+    @_nvml_call
+    def nvmlDeviceGetCpuAffinity(self, h: SimHandle, cpu_set_size: int) -> list[int]:
+        from kvscope.sim.topology import NUMA_CPUS
+
+        topo = self._topology()
+        if topo is None or h.gpu.index >= len(topo.slots):
+            raise NVMLError(NOT_SUPPORTED)
+        words = [0] * cpu_set_size
+        for cpu in NUMA_CPUS[topo.slots[h.gpu.index].numa]:
+            if cpu // 64 < cpu_set_size:
+                words[cpu // 64] |= 1 << (cpu % 64)
+        return words
+
+    @_nvml_call
+    def nvmlDeviceGetNumaNodeId(self, h: SimHandle) -> int:
+        topo = self._topology()
+        if topo is None or h.gpu.index >= len(topo.slots):
+            raise NVMLError(NOT_SUPPORTED)
+        return int(topo.slots[h.gpu.index].numa)
 
     @_nvml_call
     def nvmlDeviceGetFieldValues(self, h: SimHandle, field_ids: list[Any]) -> list[SimpleNamespace]:
         out = []
         for spec in field_ids:
             field_id, scope_id = spec if isinstance(spec, tuple) else (spec, 0)
-            self._wait(self._latency_field())
+            self._wait(self._latency_field(field_id, scope_id))
             ret, value = self._field_value(h.gpu, field_id, scope_id)
             is_double = isinstance(value, float)
             out.append(SimpleNamespace(
@@ -295,12 +421,16 @@ class FakeNvml:
                 timestamp=int(time.time() * 1e6), latencyUsec=0))
         return out
 
-    def _latency_field(self) -> float:
+    def _latency_field(self, field_id: int = 0, scope_id: int = 0) -> float:
         if self.node.latency_scale == 0:
             return 0.0
         p50, p99 = FIELD_LATENCY
-        spread: float = (p99 / p50) ** abs(self._rng.gauss(0, 0.4))
-        return p50 * self.node.latency_scale * spread
+        if field_id in NVLINK_FIELDS:
+            p50, p99 = (NVLINK_AGGREGATE_FIELD_LATENCY if scope_id == SCOPE_ALL_LINKS
+                        else NVLINK_PER_LINK_FIELD_LATENCY)
+        with self._lock:
+            z = self._rng.gauss(0, 0.4)
+        return float(p50 * self.node.latency_scale * (p99 / p50) ** abs(z))
 
     # ---- slow readings -----------------------------------------------------------------
 

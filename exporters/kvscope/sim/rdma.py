@@ -16,9 +16,7 @@ import asyncio
 import contextlib
 import json
 import math
-import shutil
 import sys
-import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,7 +345,14 @@ def erdma_devices() -> list[SimRdmaDevice]:
 
 
 def equip_rdma(node: SimNode, opts: SimOptions) -> None:
-    node.rdma = SimRdma(node, devices=mlx5_ib_devices())
+    from kvscope.sim.topology import nic_pci_path
+
+    devices = mlx5_ib_devices()
+    for dev in devices:
+        placed = nic_pci_path(node, dev.name)  # same PCI place as the topology model's NIC
+        if placed is not None:
+            dev.pci, dev.numa_node = placed
+    node.rdma = SimRdma(node, devices=devices)
 
 
 def use_erdma(node: SimNode) -> SimRdma:
@@ -422,8 +427,7 @@ async def start_rdma(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
     rdma: SimRdma | None = node.rdma
     if rdma is None:
         return {}
-    root = Path(tempfile.mkdtemp(prefix="kvscope-sim-rdma-"))
-    stack.callback(shutil.rmtree, root, ignore_errors=True)
+    root = services.shared_root(node, stack)
     await asyncio.to_thread(rdma.write_static, root)
     await asyncio.to_thread(rdma.write_dynamic, root)
 

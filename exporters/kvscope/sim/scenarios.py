@@ -125,6 +125,8 @@ def _load_subsystems() -> None:
 # Subsystem simulators, imported lazily (they import this module for `register`).
 SUBSYSTEM_MODULES: list[str] = [
     "kvscope.sim.pods",
+    "kvscope.sim.topology",
+    "kvscope.sim.kubelet",
     "kvscope.sim.rdma",
 ]
 

@@ -6,8 +6,11 @@ keys) that point kvscope's real clients at it.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +31,18 @@ async def serve_app(app: web.Application, stack: AsyncExitStack, host: str = "12
     server: Any = site._server
     bound = server.sockets[0].getsockname()[1]
     return f"http://{host}:{bound}"
+
+
+def shared_root(node: SimNode, stack: AsyncExitStack) -> Path:
+    """One temporary directory per simulated node, shared by the simulators that write files
+    (the sysfs tree under `sys/` is written by both the topology and the RDMA simulators, and
+    `--path.sysfs` can point at only one root)."""
+    root: Path | None = getattr(node, "_sim_root", None)
+    if root is None:
+        root = Path(tempfile.mkdtemp(prefix="kvscope-sim-"))
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        node._sim_root = root  # type: ignore[attr-defined]
+    return root
 
 
 async def start_kube_api(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:

@@ -1,0 +1,208 @@
+"""NVLink collector: link inventory and state, per-GPU byte counters, DL error counters.
+
+Tiers: static (which links exist, their version, speed and remote end), fast (link state and
+the per-GPU byte counters, one aggregate-scope field read per GPU: ~1 ms), slow (DL error
+counters per link). Per-link byte counters are opt-in (`per_link_bytes`): 17 ms per GPU on H200
+and 18 x 2 series per GPU.
+
+`DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL` is computed as dcgm-exporter 4.x does (DCGM's
+ReadAndCacheNvLinkBandwidth): the change of TX+RX KiB summed over all links between two fast
+polls, divided by the seconds between them and by 1000, as an integer; 0 on the first poll. It is
+a rate between polls, typed gauge (dcgm-exporter <= 4.8.2 wrongly typed it counter), and its
+value depends on the fast cadence. Use rate(kvscope_nvlink_transmit_bytes_total[...]) instead
+for anything new.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from kvscope.context import NodeContext
+from kvscope.families import counter, gauge, info, non_empty
+from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
+from kvscope.sources.nvml import GpuIdentity, NvmlUnavailable, load_library
+from kvscope.sources.nvml_links import (
+    NVLINK_VERSIONS,
+    GpuBytes,
+    LinkErrors,
+    LinkState,
+    NvlinkSource,
+)
+
+log = logging.getLogger(__name__)
+
+KIB = 1024
+
+
+def dcgm_labels(ctx: NodeContext, gpu: GpuIdentity, driver: str) -> dict[str, str]:
+    """The label set of dcgm-exporter's GPU series (same as the GPU collector's)."""
+    labels = {"gpu": str(gpu.index), "UUID": gpu.uuid, "pci_bus_id": gpu.pci_bus_id,
+              "device": f"nvidia{gpu.minor}", "modelName": gpu.name,
+              ctx.config.hostname_label: ctx.config.node_name}
+    if ctx.config.driver_version_label:
+        labels["DCGM_FI_DRIVER_VERSION"] = driver
+    pod = ctx.gpu_pods.get(gpu.uuid)
+    if pod:
+        labels.update(pod)
+    return labels
+
+
+def gpu_labels(ctx: NodeContext, gpu: GpuIdentity) -> dict[str, str]:
+    """Compact identity for kvscope_* per-GPU and per-link families."""
+    return {"gpu": str(gpu.index), "UUID": gpu.uuid,
+            ctx.config.hostname_label: ctx.config.node_name}
+
+
+class NvlinkCollector(Collector):
+    name = "nvlink"
+
+    def __init__(self, ctx: NodeContext, library: Any = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._ctx = ctx
+        self._cfg = ctx.config.collectors.nvlink
+        self._library = library
+        self._monotonic = monotonic
+        self._source: NvlinkSource | None = None
+        self._unavailable: str | None = None
+        self._driver = ""
+        self._previous: dict[str, tuple[float, float]] = {}  # UUID -> (t, tx+rx KiB)
+
+    def schedules(self) -> dict[Tier, Schedule]:
+        c = self._cfg.cadence
+        t = self._cfg.timeout
+        return {
+            Tier.STATIC: Schedule(c.static, t),
+            Tier.FAST: Schedule(c.fast, t),
+            # Error counters: one field batch per GPU; with data_error_counters ~42 ms per GPU.
+            Tier.SLOW: Schedule(c.slow, max(t, min(c.slow / 2, 15.0))),
+        }
+
+    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+        if tier is Tier.STATIC:
+            return await self._poll_static(pool)
+        source = self._source
+        if self._unavailable is not None or source is None:
+            return []
+        if tier is Tier.FAST:
+            states = await pool.run(source.states)
+            counts = await pool.run(source.bytes, per_link=self._cfg.per_link_bytes)
+            return self._fast_families(states, counts, source)
+        errors = await pool.run(source.link_errors, data_counters=self._cfg.data_error_counters)
+        return self._error_families(errors)
+
+    async def _poll_static(self, pool: BlockingPool) -> Sequence[Metric]:
+        try:
+            if self._source is None:
+                lib = self._library if self._library is not None else self._ctx.nvml
+                if lib is None:
+                    lib = load_library(self._ctx.config.collectors.gpu.nvml_library)
+                self._source = NvlinkSource(lib)
+            devices = await pool.run(self._source.open)
+            self._driver = str(await pool.run(self._driver_version))
+        except NvmlUnavailable as exc:
+            if self._unavailable is None:
+                log.debug("no NVLink data: %s", exc)  # absent hardware is no data, said once
+            self._unavailable = str(exc)
+            return []
+        self._unavailable = None
+        link_info = info("kvscope_nvlink_link_info",
+                         "NVLinks NVML reports per GPU: NVLink version, what is on the other end "
+                         "(gpu, nvswitch) and its PCI id. NVML NvLinkVersion, "
+                         "NvLinkRemoteDeviceType, NvLinkRemotePciInfo.")
+        speed = gauge("kvscope_nvlink_link_speed_bytes_per_second",
+                      "Signalling rate of one NVLink per direction (bytes/s). NVML field 164 "
+                      "(NVLINK_GET_SPEED, MB/s).")
+        for dev in devices:
+            labels = gpu_labels(self._ctx, dev.identity)
+            for link in dev.links:
+                link_labels = {**labels, "link": str(link.link)}
+                version = NVLINK_VERSIONS.get(link.version, str(link.version)) \
+                    if link.version is not None else ""
+                link_info.add({**link_labels, "version": version,
+                               "remote_type": link.remote_type or "",
+                               "remote_pci_bus_id": link.remote_pci_bus_id or ""}, 1)
+                if link.speed_bytes is not None:
+                    speed.add(link_labels, link.speed_bytes)
+        return non_empty(link_info, speed)
+
+    def _driver_version(self) -> str:
+        assert self._source is not None
+        value = self._source.lib.nvmlSystemGetDriverVersion()
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def _fast_families(self, states: Sequence[LinkState], counts: Sequence[GpuBytes],
+                       source: NvlinkSource) -> list[Metric]:
+        up = gauge("kvscope_nvlink_link_up",
+                   "1 when the NVLink is active, 0 when it is down. NVML NvLinkState.")
+        for state in states:
+            labels = gpu_labels(self._ctx, state.gpu)
+            for link, active in sorted(state.states.items()):
+                up.add({**labels, "link": str(link)}, 1 if active else 0)
+        tx = counter("kvscope_nvlink_transmit_bytes_total",
+                     "Data bytes the GPU sent over all its NVLinks. NVML field 138 "
+                     "(THROUGHPUT_DATA_TX, KiB) read with scopeId 0xFFFFFFFF (all links).")
+        rx = counter("kvscope_nvlink_receive_bytes_total",
+                     "Data bytes the GPU received over all its NVLinks. NVML field 139 "
+                     "(THROUGHPUT_DATA_RX, KiB) read with scopeId 0xFFFFFFFF (all links).")
+        bandwidth = gauge("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL",
+                          "Total NVLink bandwidth of all links (dcgm-exporter's formula: change "
+                          "of TX+RX KiB between two polls / seconds / 1000; 0 on the first).")
+        link_tx = counter("kvscope_nvlink_link_transmit_bytes_total",
+                          "Data bytes sent over one NVLink. NVML field 138 with the link as "
+                          "scope (collectors.nvlink.per_link_bytes).")
+        link_rx = counter("kvscope_nvlink_link_receive_bytes_total",
+                          "Data bytes received over one NVLink. NVML field 139 with the link as "
+                          "scope (collectors.nvlink.per_link_bytes).")
+        now = self._monotonic()
+        for reading in counts:
+            gpu = reading.gpu
+            dcgm = dcgm_labels(self._ctx, gpu, self._driver)
+            if reading.tx_bytes is not None:
+                tx.add(dcgm, reading.tx_bytes)
+            if reading.rx_bytes is not None:
+                rx.add(dcgm, reading.rx_bytes)
+            if reading.tx_bytes is not None and reading.rx_bytes is not None:
+                bandwidth.add(dcgm, self._bandwidth(gpu.uuid, now,
+                                                    (reading.tx_bytes + reading.rx_bytes) / KIB))
+            labels = gpu_labels(self._ctx, gpu)
+            for link, (ltx, lrx) in sorted(reading.per_link.items()):
+                if ltx is not None:
+                    link_tx.add({**labels, "link": str(link)}, ltx)
+                if lrx is not None:
+                    link_rx.add({**labels, "link": str(link)}, lrx)
+        errors = counter("kvscope_nvlink_nvml_errors_total",
+                         "NVML NVLink reads that failed with an error other than NOT_SUPPORTED, "
+                         "by GPU, read and error.")
+        for (index, what, error), n in sorted(source.errors.items()):
+            errors.add({"gpu": str(index), "read": what, "error": error}, n)
+        return non_empty(up, tx, rx, bandwidth, link_tx, link_rx, errors)
+
+    def _bandwidth(self, uuid: str, now: float, kib: float) -> int:
+        previous = self._previous.get(uuid)
+        self._previous[uuid] = (now, kib)
+        if previous is None or now <= previous[0] or kib < previous[1]:
+            return 0  # first sample, or the counters reset (driver reload): DCGM says 0 too
+        return int((kib - previous[1]) / (now - previous[0]) / 1000)
+
+    def _error_families(self, readings: Sequence[LinkErrors]) -> list[Metric]:
+        errors = counter("kvscope_nvlink_errors_total",
+                         "NVLink data-link errors per link: replay, recovery, crc from NVML "
+                         "fields 161/162/163 (per-link scope); crc_data and ecc_data from "
+                         "nvmlDeviceGetNvLinkErrorCounter when "
+                         "collectors.nvlink.data_error_counters is on.")
+        for reading in readings:
+            labels = gpu_labels(self._ctx, reading.gpu)
+            for (link, kind), value in sorted(reading.counts.items()):
+                errors.add({**labels, "link": str(link), "error": kind}, value)
+        return non_empty(errors)
+
+    async def close(self) -> None:
+        if self._source is not None:
+            import asyncio
+
+            await asyncio.to_thread(self._source.close)

@@ -1,0 +1,209 @@
+"""Doctor section: GPU topology, NVLink health, pods per GPU and PD pair paths.
+
+Everything printed comes from the metrics the collectors just exported (the matrix, link state,
+error counters), plus the topology collector's PD analysis for the details a metric label cannot
+carry (which GPUs a container cannot see). A PD pair joined by NVLink whose containers cannot
+use it is critical: KV cache then crawls over TCP while the monitoring looks healthy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from kvscope.collectors.topology import TopologyCollector
+from kvscope.context import NodeContext
+from kvscope.doctor import SECTIONS, Finding, Section, Severity, samples
+from kvscope.pd_paths import (
+    REASON_NO_SHARED_IPC,
+    REASON_NOT_VISIBLE,
+    REASON_P2P_UNAVAILABLE,
+    GpuContainer,
+    PdPair,
+)
+from kvscope.runtime import Runtime
+from kvscope.topology_model import P2PKind
+
+GOOD_NIC_PATHS = ("PIX", "PXB")
+
+REMEDY_VISIBILITY = (
+    "either (1) run both engine containers privileged and rebuild CUDA_VISIBLE_DEVICES from "
+    "/proc/driver/nvidia/gpus/*/information (the node's GPU list, own GPUs first) so each process "
+    "sees its peers' GPUs; or (2) put both roles' GPUs in one pod, or give both pods hostIPC "
+    "and device visibility of the peer's GPUs. Then check that NVLink TX/RX counters of these "
+    "GPUs move during KV transfer")
+REMEDY_IPC = ("give both pods hostIPC: true (or run both roles in one pod) so CUDA IPC handles "
+              "can be opened across the containers")
+REMEDY_P2P = ("NVLink P2P is refused by the driver: on NVSwitch systems check that "
+              "nvidia-fabricmanager is running (systemctl status nvidia-fabricmanager) and "
+              "nvidia-smi -q shows the fabric state Completed")
+
+
+def _gpus(indices: Sequence[int]) -> str:
+    return ",".join(str(i) for i in indices) or "none"
+
+
+def _matrix(runtime: Runtime) -> list[str]:
+    cells: dict[tuple[int, int], str] = {}
+    for labels, _ in samples(runtime, "kvscope_gpu_p2p_link_info"):
+        cells[(int(labels["gpu"]), int(labels["peer_gpu"]))] = labels["link_type"]
+    nic_cells: dict[tuple[int, str], str] = {}
+    for labels, _ in samples(runtime, "kvscope_gpu_nic_affinity_info"):
+        nic_cells[(int(labels["gpu"]), labels["nic"])] = labels["path"]
+    affinity = {int(labels["gpu"]): (labels["cpus"], labels["numa_node"])
+                for labels, _ in samples(runtime, "kvscope_gpu_cpu_affinity_info")}
+    gpus = sorted({a for a, _ in cells} | {b for _, b in cells} | set(affinity))
+    if not gpus:
+        return []
+    nics = sorted({n for _, n in nic_cells})
+    head = [f"GPU{g}" for g in gpus] + [f"NIC{i}" for i in range(len(nics))]
+    lines = ["      " + "".join(f"{h:<7}" for h in head) + "CPU Affinity     NUMA Affinity"]
+    for a in gpus:
+        row = ["X" if a == b else cells.get((a, b), "?") for b in gpus]
+        row += [nic_cells.get((a, n), "?") for n in nics]
+        cpus, numa = affinity.get(a, ("", ""))
+        lines.append(f"GPU{a:<3}" + "".join(f"{c:<7}" for c in row) + f"{cpus:<17}{numa}")
+    if nics:
+        lines.append("NIC legend: " + ", ".join(f"NIC{i}={n}" for i, n in enumerate(nics)))
+    return lines
+
+
+def _link_health(runtime: Runtime, section: Section) -> None:
+    up: dict[int, dict[int, float]] = defaultdict(dict)
+    for labels, value in samples(runtime, "kvscope_nvlink_link_up"):
+        up[int(labels["gpu"])][int(labels["link"])] = value
+    errors: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for labels, value in samples(runtime, "kvscope_nvlink_errors_total"):
+        errors[int(labels["gpu"])][labels["error"]] += value
+    if not up:
+        section.lines.append("NVLink: none reported (PCIe-only GPUs, or NVML unavailable)")
+        return
+    section.lines.append("NVLink health (error counts since the driver loaded):")
+    for gpu in sorted(up):
+        links = up[gpu]
+        down = sorted(link for link, v in links.items() if v == 0)
+        errs = errors.get(gpu, {})
+        err_text = " ".join(f"{k}={int(v)}" for k, v in sorted(errs.items()))
+        section.lines.append(f"  GPU{gpu}: {len(links) - len(down)}/{len(links)} links up"
+                             + (f" (down: {_gpus(down)})" if down else "")
+                             + (f"  {err_text}" if err_text else ""))
+        if down:
+            section.findings.append(Finding(
+                Severity.WARNING, f"GPU {gpu}: {len(down)} of {len(links)} NVLinks down "
+                f"(links {_gpus(down)}): NVLink bandwidth to every peer is reduced",
+                "check nvidia-smi nvlink --status -i " f"{gpu}; drain the node and reset the "
+                "GPU; persistent down links need the baseboard serviced"))
+        if errs.get("recovery", 0) > 0:
+            section.findings.append(Finding(
+                Severity.WARNING, f"GPU {gpu}: {int(errs['recovery'])} NVLink recoveries "
+                f"({int(errs.get('replay', 0))} replays): a link is retraining",
+                "watch rate(kvscope_nvlink_errors_total{error=\"recovery\"}); if it keeps "
+                "growing, drain the node and have the NVLink/NVSwitch path checked"))
+
+
+def _pods(containers: Sequence[GpuContainer], section: Section) -> None:
+    if not containers:
+        return
+    section.lines.append("Pods per GPU:")
+    section.lines.append(f"  {'GPU':<5}{'namespace/pod/container':<44}{'role':<9}{'PD group':<16}"
+                         "sees GPUs")
+    rows = sorted((g, c) for c in containers for g in c.gpus)
+    for gpu, c in rows:
+        name = f"{c.namespace}/{c.pod}/{c.container}"
+        section.lines.append(f"  {gpu:<5}{name:<44.44}{c.role:<9}{c.pd_group:<16.16}"
+                             f"{_gpus(c.visible)}")
+    for c in containers:
+        if c.privileged and c.cuda_visible_devices is None and c.role in ("prefill", "decode"):
+            section.findings.append(Finding(
+                Severity.WARNING, f"{c.namespace}/{c.pod}/{c.container} is privileged without "
+                f"CUDA_VISIBLE_DEVICES: it sees every GPU, so its cuda:0 is GPU 0, not its "
+                f"allocated GPU {c.gpus[0] if c.gpus else '?'}",
+                "rebuild CUDA_VISIBLE_DEVICES from /proc/driver/nvidia/gpus/*/information with "
+                "the allocated GPUs first"))
+
+
+def _pair_finding(pair: PdPair, containers: Sequence[GpuContainer]) -> Finding | None:
+    where = (f"PD group {pair.pd_group}: {pair.prefill} (GPUs {_gpus(pair.prefill_gpus)}) and "
+             f"{pair.decode} (GPUs {_gpus(pair.decode_gpus)})")
+    path = pair.path.label if pair.path is not None else "unknown"
+    if pair.nvlink_unusable:
+        if pair.reason == REASON_NOT_VISIBLE:
+            who = []
+            for pod, missing in ((pair.prefill, pair.prefill_cannot_see),
+                                 (pair.decode, pair.decode_cannot_see)):
+                if missing:
+                    sees = next((c.visible for c in containers if c.pod == pod), ())
+                    who.append(f"{pod} sees GPUs {_gpus(sees)} only, not {_gpus(missing)}")
+            return Finding(Severity.CRITICAL,
+                           f"{where} are joined by {path} but cannot use it: {'; '.join(who)}. "
+                           "NCCL/UCX cannot map the peer GPU and KV cache goes over TCP "
+                           "(hundreds of MB/s instead of hundreds of GB/s); NVLink counters of "
+                           "these GPUs stay flat", REMEDY_VISIBILITY)
+        if pair.reason == REASON_NO_SHARED_IPC:
+            return Finding(Severity.CRITICAL, f"{where} are joined by {path} but share no IPC "
+                           "namespace (different pods, not both hostIPC)", REMEDY_IPC)
+        if pair.reason == REASON_P2P_UNAVAILABLE:
+            return Finding(Severity.CRITICAL, f"{where} are joined by {path} but NVLink P2P is "
+                           "unavailable", REMEDY_P2P)
+    if pair.path is not None and pair.path.kind is not P2PKind.NVLINK:
+        return Finding(Severity.INFO, f"{where}: best path is {path} (no NVLink between them): "
+                       "KV transfer is bound by PCIe P2P or the NIC",
+                       "place both roles on NVLink-joined GPUs where the node has them")
+    return None
+
+
+def _pairs(pairs: Sequence[PdPair], containers: Sequence[GpuContainer],
+           section: Section) -> None:
+    if not pairs:
+        return
+    section.lines.append("PD pairs on this node:")
+    for pair in pairs:
+        verdict = "IPC ok" if pair.ipc_possible else f"IPC NOT possible ({pair.reason})"
+        path = pair.path.label if pair.path is not None else "unknown"
+        section.lines.append(f"  [{pair.pd_group}] {pair.prefill} -> {pair.decode}: "
+                             f"path {path}, {verdict}")
+        finding = _pair_finding(pair, containers)
+        if finding is not None:
+            section.findings.append(finding)
+
+
+def _nic_findings(runtime: Runtime, section: Section) -> None:
+    best: dict[str, tuple[str, str]] = {}
+    order = [k.value for k in P2PKind]
+    for labels, _ in samples(runtime, "kvscope_gpu_nic_affinity_info"):
+        gpu, path = labels["gpu"], labels["path"]
+        if gpu not in best or order.index(path) < order.index(best[gpu][1]):
+            best[gpu] = (labels["nic"], path)
+    poor = sorted((g for g, (_, p) in best.items() if p not in GOOD_NIC_PATHS), key=int)
+    if poor:
+        section.findings.append(Finding(
+            Severity.WARNING, f"GPUs {','.join(poor)} have no RDMA NIC below their PCIe switch "
+            f"(nearest: {', '.join(f'GPU{g}->{best[g][0]} {best[g][1]}' for g in poor)}): "
+            "GPUDirect RDMA traffic crosses the CPU",
+            "pin cross-node KV transfer of these GPUs to the nearest NIC, or accept the lower "
+            "GPUDirect bandwidth"))
+
+
+async def topology_section(ctx: NodeContext, runtime: Runtime) -> Section:
+    section = Section("Topology, NVLink and PD paths")
+    matrix = _matrix(runtime)
+    section.lines.extend(matrix or ["no GPU topology (NVML not available)"])
+    _link_health(runtime, section)
+    _nic_findings(runtime, section)
+    collector = next((c for c in runtime.collectors if isinstance(c, TopologyCollector)), None)
+    if collector is None:
+        section.lines.append("topology collector disabled: no pod or PD analysis")
+        return section
+    enabled = [v for _, v in samples(runtime, "kvscope_pod_attribution_enabled")]
+    if enabled == [0.0]:
+        section.findings.append(Finding(
+            Severity.INFO, "pod attribution off: no kubelet pod-resources socket at "
+            f"{ctx.config.collectors.topology.pod_resources_socket}",
+            "mount /var/lib/kubelet/pod-resources into the agent (read-only) to see pods per "
+            "GPU and PD paths"))
+    _pods(collector.containers, section)
+    _pairs(collector.pairs, collector.containers, section)
+    return section
+
+
+SECTIONS.append(topology_section)
