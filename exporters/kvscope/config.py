@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PORT = 9447  # clashes with neither dcgm-exporter (9400) nor node_exporter (9100)
 COLLECTOR_NAMES = ("gpu", "nvlink", "topology", "rdma", "engines")
@@ -62,8 +70,70 @@ class RdmaConfig(CollectorConfig):
     pass
 
 
+ENGINE_NAMES = ("vllm", "sglang", "lmdeploy", "tgi", "mooncake", "lmcache", "nixl", "dynamo")
+EngineName = Literal["vllm", "sglang", "lmdeploy", "tgi", "mooncake", "lmcache", "nixl", "dynamo"]
+EngineRole = Literal["prefill", "decode", "both"]
+
+
+class EngineTarget(Strict):
+    """One engine /metrics endpoint. Engine and role are optional: the engine is detected from
+    metric names, the role from SGLang's engine_type (else `both`)."""
+
+    url: str = Field(description="full URL, e.g. http://10.0.0.5:30000/metrics")
+    engine: EngineName | None = None
+    role: EngineRole | None = None
+    model: str | None = Field(None, description="model label; default: the engine's own")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+
+class EngineAnnotations(Strict):
+    """Pod annotation keys read by discovery."""
+
+    scrape: str = "kvscope.io/scrape"  # "true" makes the pod a target, "false" excludes it
+    port: str = "kvscope.io/port"  # metrics port (default: the first declared container port)
+    path: str = "kvscope.io/path"  # default /metrics
+    engine: str = "kvscope.io/engine"
+    role: str = "kvscope.io/role"
+    model: str = "kvscope.io/model"
+
+
 class EnginesConfig(CollectorConfig):
-    pass
+    targets: tuple[EngineTarget, ...] = Field(
+        (), description="static targets, scraped whether or not discovery finds them")
+    discovery: bool = Field(
+        True, description="also scrape pods on this node marked by annotation or PD role label")
+    discovery_interval: PositiveFloat = Field(
+        30.0, description="seconds between pod list refreshes")
+    discovery_timeout: PositiveFloat = Field(
+        1.0, description="seconds one pod list may take; the last good list is kept on failure")
+    target_timeout: PositiveFloat = Field(
+        2.5, description="seconds one target's scrape may take; must leave room in `timeout`")
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, description="larger responses (after gunzip) are refused")
+    annotations: EngineAnnotations = EngineAnnotations()
+
+    @model_validator(mode="after")
+    def _timeouts_fit(self) -> EnginesConfig:
+        budget = self.target_timeout + (self.discovery_timeout if self.discovery else 0.0)
+        if budget >= self.timeout:
+            raise ValueError(
+                f"target_timeout ({self.target_timeout}) + discovery_timeout "
+                f"({self.discovery_timeout}) must be below timeout ({self.timeout}), so that one "
+                "slow engine is reported as such instead of failing the whole poll")
+        return self
 
 
 class CollectorsConfig(Strict):

@@ -20,9 +20,16 @@ def _gpu(ctx: NodeContext) -> Collector:
     return GpuCollector(ctx, library=ctx.nvml)
 
 
+def _engines(ctx: NodeContext) -> Collector:
+    from kvscope.collectors.engines import EnginesCollector
+
+    return EnginesCollector(ctx)
+
+
 # name -> factory; later collectors (nvlink, topology, rdma, engines) add themselves here.
 REGISTRY: dict[str, Factory] = {
     "gpu": _gpu,
+    "engines": _engines,
 }
 
 
