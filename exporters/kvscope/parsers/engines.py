@@ -653,12 +653,14 @@ def _variant(engine: str, names: set[str]) -> str:
                    "vllm:cpu_cache_usage_perc")
         return "v0" if any(n in names for n in v0_only) else "v1"
     if engine == "sglang":
-        if "sglang:kv_transfer_latency_ms_count" in names or \
-                "sglang:num_prefill_bootstrap_queue_reqs" in names:
+        if any(n.startswith("sglang:kv_transfer_") and n.endswith("_count") for n in names) \
+                or "sglang:num_prefill_bootstrap_queue_reqs" in names:
             return "pd-histogram"
         if "sglang:kv_transfer_latency_ms" in names or \
                 "sglang:num_prefill_prealloc_queue_reqs" in names:
             return "pd-gauge"
+        if "sglang:num_decode_transfer_queue_reqs" in names:
+            return "pd"
         return "v0.3" if "sglang:num_requests_running" in names else "unified"
     if engine == "mooncake":
         parts = [p for p, pre in (("master", MOONCAKE_MASTER), ("tent", MOONCAKE_TENT),

@@ -118,6 +118,7 @@ def _load_subsystems() -> None:
 # Subsystem simulators, imported lazily (they import this module for `register`).
 SUBSYSTEM_MODULES: list[str] = [
     "kvscope.sim.pods",
+    "kvscope.sim.engines",
 ]
 
 
