@@ -32,7 +32,8 @@ Kind = Literal["gauge", "counter", "histogram"]
 LabelFn = Callable[[Mapping[str, str]], Mapping[str, str] | None]
 
 # The engines kvscope knows, in the order that picks a target's primary engine.
-ENGINES = ("vllm", "sglang", "lmdeploy", "tgi", "dynamo", "mooncake", "nixl", "lmcache")
+# Dynamo first: a Dynamo worker passes its engine's metrics through on the same port.
+ENGINES = ("dynamo", "vllm", "sglang", "lmdeploy", "tgi", "mooncake", "nixl", "lmcache")
 
 # A payload contains an engine when a sample name starts with one of its prefixes.
 ENGINE_PREFIXES: Mapping[str, tuple[str, ...]] = {
