@@ -143,7 +143,7 @@ class ThreadedServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(self._factory(), access_log=None)
+        runner = web.AppRunner(self._factory(), access_log=None, handler_cancellation=True)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())
