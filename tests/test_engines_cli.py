@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from engines_helpers import EXPECTED, P, ThreadedServer, find, fixture_app, samples_of
 
+from engines_helpers import EXPECTED, P, ThreadedServer, find, fixture_app, samples_of
 from kvscope.cli import main
 
 

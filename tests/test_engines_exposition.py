@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from engines_helpers import fixture, fixture_names, samples_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engines_helpers import fixture, fixture_names, samples_of
 from kvscope.parsers.exposition import Exposition, ParseError, le_bound, parse
 
 
@@ -48,7 +48,8 @@ def test_types_and_openmetrics_markers() -> None:
 
 
 def test_escaped_and_odd_label_values() -> None:
-    text = ('tgi_batch_inference_duration_bucket{le="0.02",method="{\'method\': \'prefill\'}"} 112.0\n'
+    tgi = "tgi_batch_inference_duration_bucket"
+    text = (f'{tgi}{{le="0.02",method="{{\'method\': \'prefill\'}}"}} 112.0\n'
             'x{path="a\\"b\\\\c\\nd",other="}{,="} 1\n'
             'y{a="1" , b="2" ,} 2 1700000000000\n')
     expo = parse(text)

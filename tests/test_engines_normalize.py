@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from engines_helpers import EXPECTED, P, fixture
 
+from engines_helpers import EXPECTED, P, fixture
 from kvscope.collectors.engines import Accumulator
 from kvscope.parsers.engines import KEEP, Normalized, detect, normalize
 from kvscope.parsers.exposition import Exposition, parse
@@ -146,11 +146,10 @@ def test_histogram_resets_as_a_whole() -> None:
     acc = Accumulator()
 
     def hist(b: int, n: int, s: float) -> str:
-        return ('vllm:e2e_request_latency_seconds_bucket{engine="0",le="1.0",model_name="m"} %d\n'
-                'vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="m"} %d\n'
-                'vllm:e2e_request_latency_seconds_count{engine="0",model_name="m"} %d\n'
-                'vllm:e2e_request_latency_seconds_sum{engine="0",model_name="m"} %f\n'
-                ) % (b, n, n, s)
+        name, labels = "vllm:e2e_request_latency_seconds", 'engine="0",model_name="m"'
+        return (f'{name}_bucket{{{labels},le="1.0"}} {b}\n'
+                f'{name}_bucket{{{labels},le="+Inf"}} {n}\n'
+                f'{name}_count{{{labels}}} {n}\n{name}_sum{{{labels}}} {s}\n')
 
     for text in (hist(5, 10, 8.0), hist(0, 3, 9.5)):  # the le=1.0 bucket alone did not drop
         expo = parse(text, KEEP)

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from engines_helpers import find, fixture, fixture_app
 
+from engines_helpers import find, fixture, fixture_app
 from kvscope.collectors.engines import EnginesCollector
 from kvscope.config import load
 from kvscope.context import NodeContext
@@ -47,10 +47,10 @@ async def server() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-async def _get(url: str, timeout: float = 2.0, max_bytes: int = 1 << 20) \
+async def _get(url: str, limit: float = 2.0, max_bytes: int = 1 << 20) \
         -> Scraped | ScrapeFailure:
     async with new_session() as session:
-        return await scrape(session, url, timeout=timeout, max_bytes=max_bytes)
+        return await scrape(session, url, time_limit=limit, max_bytes=max_bytes)
 
 
 async def test_plain_and_gzip_bodies(server: str) -> None:
@@ -65,7 +65,7 @@ async def test_plain_and_gzip_bodies(server: str) -> None:
     ("/x/500", "http_500"), ("/missing", "http_404"), ("/x/badgzip", "decode")])
 async def test_failures_have_reasons(server: str, path: str, reason: str) -> None:
     started = time.monotonic()
-    got = await _get(server + path, timeout=0.5)
+    got = await _get(server + path, limit=0.5)
     assert isinstance(got, ScrapeFailure), got
     assert got.reason == reason, got.message
     assert time.monotonic() - started < 2.0
@@ -158,7 +158,7 @@ async def test_unknown_exporter_is_down_with_reason(server: str) -> None:
 async def test_session_reuses_connections(server: str) -> None:
     async with new_session() as session:
         for _ in range(3):
-            got = await scrape(session, f"{server}/nixl", timeout=1, max_bytes=1 << 20)
+            got = await scrape(session, f"{server}/nixl", time_limit=1, max_bytes=1 << 20)
             assert isinstance(got, Scraped)
         connector = session.connector
         assert isinstance(connector, aiohttp.TCPConnector)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from engines_helpers import P, find, samples_of
 
+from engines_helpers import P, find, samples_of
 from kvscope.app import start_sim_services
 from kvscope.cli import main
 from kvscope.collectors.engines import EnginesCollector, targets_from_pods
@@ -61,7 +61,8 @@ async def _two_polls(scenario: str, gap: float = 60.0) -> tuple[list[Any], list[
     """Poll a scenario's engines at fault time and `gap` seconds later (a frozen sim clock)."""
     clock = Clock()
     node = build_scenario(scenario, SimOptions(fault_delay=0.0, clock=clock, latency_scale=0))
-    ctx = NodeContext(config=load(None, {"scenario": scenario, "node_name": "sim-node-0"}), sim=node)
+    config = load(None, {"scenario": scenario, "node_name": "sim-node-0"})
+    ctx = NodeContext(config=config, sim=node)
     async with AsyncExitStack() as stack:
         await start_sim_services(ctx, stack)
         collector = EnginesCollector(ctx)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -32,7 +33,7 @@ from prometheus_client.utils import floatToGoString
 from kvscope.config import ENGINE_NAMES, EnginesConfig, PdSettings
 from kvscope.context import NodeContext
 from kvscope.families import counter, gauge, info, non_empty
-from kvscope.parsers.engines import CUMULATIVE, FAMILIES, KEEP, HISTOGRAM_SUFFIXES, Normalized
+from kvscope.parsers.engines import CUMULATIVE, FAMILIES, HISTOGRAM_SUFFIXES, KEEP, Normalized
 from kvscope.parsers.engines import normalize as normalize_payload
 from kvscope.parsers.exposition import Exposition, ParseError, Sample, parse
 from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
@@ -122,7 +123,7 @@ def targets_from_pods(pods: Sequence[Mapping[str, Any]], cfg: EnginesConfig,
         if status.get("phase") != "Running" or not ip:
             continue
         raw_port = ann.get(keys.port)
-        port = int(raw_port) if str(raw_port or "").isdigit() else \
+        port = int(str(raw_port)) if str(raw_port or "").isdigit() else \
             _container_port(pod.get("spec") or {})
         if port is None or not 0 < port < 65536:
             log.debug("engines: pod %s/%s has no usable metrics port; skipped",
@@ -170,7 +171,7 @@ class Accumulator:
             for (name, i), k, v in zip(members, keys, values, strict=True):
                 prev = self._last.get(k)
                 total = v if prev is None else self._total[k] + (v if reset else v - prev)
-                if v != v:  # NaN: keep it visible, do not poison the running total
+                if math.isnan(v):  # NaN: keep it visible, do not poison the running total
                     continue
                 self._last[k] = v
                 self._total[k] = total
@@ -316,7 +317,7 @@ class EnginesCollector(Collector):
         cfg = self._cfg
         started = time.monotonic()
         try:
-            got = await scrape(session, target.url, timeout=cfg.target_timeout,
+            got = await scrape(session, target.url, time_limit=cfg.target_timeout,
                                max_bytes=cfg.max_response_bytes)
             if isinstance(got, ScrapeFailure):
                 return self._down(target, state, got.reason, got.message, got.duration)
@@ -439,7 +440,8 @@ class _SeriesBuilder:
                   total: float | None) -> None:
         fam = self._family(name)
         for bound, n in buckets:
-            fam.add_sample(f"{name}_bucket", {**labels, "le": floatToGoString(bound)}, n)
+            le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+            fam.add_sample(f"{name}_bucket", {**labels, "le": le}, n)
         fam.add_sample(f"{name}_count", labels, count)
         if total is not None:
             fam.add_sample(f"{name}_sum", labels, total)

@@ -314,7 +314,8 @@ def _sglang() -> list[Rule]:
         Rule(F_XSEC, e, _one("sglang:kv_transfer_latency_ms_sum", scale=MS)),
         Rule(F_XLAST, e, _one("sglang:kv_transfer_latency_ms", scale=MS), "max"),
         Rule(F_XSPEED, e, _one("sglang:kv_transfer_speed_gb_s", scale=GB), "max"),
-        Rule(F_XFAIL, e, ((_p("sglang:num_transfer_failed_reqs_total", const={"kind": "transfer"}),
+        Rule(F_XFAIL, e, ((_p("sglang:num_transfer_failed_reqs_total",
+                              const={"kind": "transfer"}),
                            _p("sglang:num_bootstrap_failed_reqs_total",
                               const={"kind": "bootstrap"})),)),
         Rule(F_PROMPT, e, _one("sglang:prompt_tokens_total")),
@@ -360,7 +361,8 @@ def _tgi() -> list[Rule]:
         Rule(F_E2E, e, _one("tgi_request_duration")),
         Rule(F_PROMPT, e, _one("tgi_request_input_length_sum")),
         Rule(F_GEN, e, _one("tgi_request_generated_tokens_sum")),
-        Rule(F_REQ, e, ((_p("tgi_request_success", const=ok), _p("tgi_request_failure", const=fail)),
+        Rule(F_REQ, e, ((_p("tgi_request_success", const=ok),
+                         _p("tgi_request_failure", const=fail)),
                         (_p("tgi_request_success_total", const=ok),
                          _p("tgi_request_failure_total", const=fail)))),
     ]
@@ -645,30 +647,41 @@ def _reduce_histograms(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> li
     return out_list
 
 
+def _vllm_variant(names: set[str]) -> str:
+    if "vllm:gpu_prefix_cache_queries_total" in names:
+        return "v1-0.8"
+    v0_only = ("vllm:gpu_prefix_cache_hit_rate", "vllm:num_requests_swapped",
+               "vllm:cpu_cache_usage_perc")
+    return "v0" if any(n in names for n in v0_only) else "v1"
+
+
+def _sglang_variant(names: set[str]) -> str:
+    if any(n.startswith("sglang:kv_transfer_") and n.endswith("_count") for n in names) \
+            or "sglang:num_prefill_bootstrap_queue_reqs" in names:
+        return "pd-histogram"
+    if "sglang:kv_transfer_latency_ms" in names or \
+            "sglang:num_prefill_prealloc_queue_reqs" in names:
+        return "pd-gauge"
+    if "sglang:num_decode_transfer_queue_reqs" in names:
+        return "pd"
+    return "v0.3" if "sglang:num_requests_running" in names else "unified"
+
+
+def _mooncake_variant(names: set[str]) -> str:
+    parts = [p for p, pre in (("master", MOONCAKE_MASTER), ("tent", MOONCAKE_TENT),
+                              ("client", ("mooncake_",)))
+             if any(n.startswith(pre) for n in names)]
+    return "+".join(parts) or "empty"
+
+
+_VARIANTS: Mapping[str, Callable[[set[str]], str]] = {
+    "vllm": _vllm_variant, "sglang": _sglang_variant, "mooncake": _mooncake_variant}
+
+
 def _variant(engine: str, names: set[str]) -> str:
     """A short name for the generation of an engine's metric names (for kvscope_engine_info)."""
-    if engine == "vllm":
-        if "vllm:gpu_prefix_cache_queries_total" in names:
-            return "v1-0.8"
-        v0_only = ("vllm:gpu_prefix_cache_hit_rate", "vllm:num_requests_swapped",
-                   "vllm:cpu_cache_usage_perc")
-        return "v0" if any(n in names for n in v0_only) else "v1"
-    if engine == "sglang":
-        if any(n.startswith("sglang:kv_transfer_") and n.endswith("_count") for n in names) \
-                or "sglang:num_prefill_bootstrap_queue_reqs" in names:
-            return "pd-histogram"
-        if "sglang:kv_transfer_latency_ms" in names or \
-                "sglang:num_prefill_prealloc_queue_reqs" in names:
-            return "pd-gauge"
-        if "sglang:num_decode_transfer_queue_reqs" in names:
-            return "pd"
-        return "v0.3" if "sglang:num_requests_running" in names else "unified"
-    if engine == "mooncake":
-        parts = [p for p, pre in (("master", MOONCAKE_MASTER), ("tent", MOONCAKE_TENT),
-                                  ("client", ("mooncake_",)))
-                 if any(n.startswith(pre) for n in names)]
-        return "+".join(parts) or "empty"
-    return "current"
+    pick = _VARIANTS.get(engine)
+    return pick(names) if pick is not None else "current"
 
 
 def normalize(expo: Exposition, engine_hint: str | None = None) -> Normalized:
@@ -676,7 +689,7 @@ def normalize(expo: Exposition, engine_hint: str | None = None) -> Normalized:
     matters for an empty payload, which then still counts as that engine."""
     engines = detect(expo.names)
     if not engines and not expo.names and engine_hint in ENGINES:
-        engines = (engine_hint,)  # type: ignore[assignment]
+        engines = (engine_hint,)
     reader = _Reader(expo)
     values: list[Value] = []
     histograms: list[Histogram] = []

@@ -100,7 +100,7 @@ class SimEngine:
 # ---- exposition writer -------------------------------------------------------------------
 
 def _fmt(value: float) -> str:
-    return floatToGoString(value)
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
 def _labels(labels: Mapping[str, str]) -> str:
@@ -143,7 +143,8 @@ class Expo:
             self.put(name + suffix, labels, math.floor(value))
         return self
 
-    def histogram(self, name: str, text: str, labels: Mapping[str, str], bounds: Sequence[float],
+    def histogram(  # noqa: PLR0917 - reads like the declaration: name, help, labels, buckets
+            self, name: str, text: str, labels: Mapping[str, str], bounds: Sequence[float],
                   engine: SimEngine, t: float, rate: Callable[[Load], float],
                   median: Callable[[Load], float], sigma: float = 0.6) -> Expo:
         """Counts spread over a log-normal per workload phase, so buckets only ever grow."""
@@ -701,8 +702,7 @@ async def start_engine(engine: SimEngine, node: SimNode, stack: AsyncExitStack) 
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-    engine.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}/metrics"
+    engine.url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
     if engine.down_at is not None:
         task = asyncio.create_task(_stop_later(site, engine.down_at - node.elapsed()))
         stack.callback(task.cancel)

@@ -41,40 +41,51 @@ def new_session() -> aiohttp.ClientSession:
         "Accept": ACCEPT, "Accept-Encoding": "gzip", "User-Agent": "kvscope"})
 
 
-async def scrape(session: aiohttp.ClientSession, url: str, *, timeout: float,
+async def scrape(session: aiohttp.ClientSession, url: str, *, time_limit: float,
                  max_bytes: int) -> Scraped | ScrapeFailure:
     """GET `url`; the body, or why not. Never raises (except cancellation)."""
     started = time.monotonic()
+    try:
+        async with asyncio.timeout(time_limit):
+            return await _get(session, url, max_bytes, started)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        reason, message = _classify(exc, time_limit)
+        return ScrapeFailure(reason, f"{url}: {message}", time.monotonic() - started)
 
+
+async def _get(session: aiohttp.ClientSession, url: str, max_bytes: int,
+               started: float) -> Scraped | ScrapeFailure:
     def failed(reason: str, message: str) -> ScrapeFailure:
         return ScrapeFailure(reason, f"{url}: {message}", time.monotonic() - started)
 
-    try:
-        async with asyncio.timeout(timeout):
-            async with session.get(url, max_redirects=3) as resp:
-                if resp.status != 200:
-                    return failed(f"http_{resp.status}", f"HTTP {resp.status} {resp.reason}")
-                declared = resp.content_length
-                if declared is not None and declared > max_bytes:
-                    return failed("too_large", f"Content-Length {declared} > {max_bytes} bytes")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    body += chunk
-                    if len(body) > max_bytes:
-                        return failed("too_large", f"body over {max_bytes} bytes")
-                return Scraped(bytes(body), resp.headers.get("Content-Type", ""),
-                               time.monotonic() - started)
-    except TimeoutError:
-        return failed("timeout", f"no complete response within {timeout:g}s")
-    except aiohttp.ClientConnectorError as exc:
-        return failed("connect", f"cannot connect: {exc.os_error or exc}")
-    except aiohttp.ClientPayloadError as exc:
+    async with session.get(url, max_redirects=3) as resp:
+        if resp.status != 200:
+            return failed(f"http_{resp.status}", f"HTTP {resp.status} {resp.reason}")
+        declared = resp.content_length
+        if declared is not None and declared > max_bytes:
+            return failed("too_large", f"Content-Length {declared} > {max_bytes} bytes")
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            body += chunk
+            if len(body) > max_bytes:
+                return failed("too_large", f"body over {max_bytes} bytes")
+        return Scraped(bytes(body), resp.headers.get("Content-Type", ""),
+                       time.monotonic() - started)
+
+
+def _classify(exc: BaseException, time_limit: float) -> tuple[str, str]:
+    """A short reason label and one line for the log, per kind of failure."""
+    if isinstance(exc, TimeoutError):
+        return "timeout", f"no complete response within {time_limit:g}s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect", f"cannot connect: {exc.os_error or exc}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
         # Truncated bodies and bad gzip both land here; tell them apart for the operator.
         reason = "decode" if "encoding" in str(exc).lower() else "reset"
-        return failed(reason, f"bad response body: {exc}")
-    except (aiohttp.ServerDisconnectedError, ConnectionResetError, aiohttp.ClientOSError) as exc:
-        return failed("reset", f"connection lost: {exc}")
-    except aiohttp.TooManyRedirects:
-        return failed("redirect", "too many redirects")
-    except aiohttp.ClientError as exc:
-        return failed("http", f"{type(exc).__name__}: {exc}")
+        return reason, f"bad response body: {exc}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError
+                  | aiohttp.ClientOSError):
+        return "reset", f"connection lost: {exc}"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return "redirect", "too many redirects"
+    return "http", f"{type(exc).__name__}: {exc}"
