@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveFloat,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -111,18 +112,16 @@ class EngineAnnotations(Strict):
 
 
 class EnginesConfig(CollectorConfig):
-    targets: tuple[EngineTarget, ...] = Field(
-        (), description="static targets, scraped whether or not discovery finds them")
-    discovery: bool = Field(
-        True, description="also scrape pods on this node marked by annotation or PD role label")
-    discovery_interval: PositiveFloat = Field(
-        30.0, description="seconds between pod list refreshes")
-    discovery_timeout: PositiveFloat = Field(
-        1.0, description="seconds one pod list may take; the last good list is kept on failure")
-    target_timeout: PositiveFloat = Field(
-        2.5, description="seconds one target's scrape may take; must leave room in `timeout`")
-    max_response_bytes: int = Field(
-        16 * 1024 * 1024, gt=0, description="larger responses (after gunzip) are refused")
+    # Static targets are scraped whether or not discovery finds them.
+    targets: tuple[EngineTarget, ...] = ()
+    # Also scrape pods on this node marked by annotation or carrying a PD role label.
+    discovery: bool = True
+    discovery_interval: PositiveFloat = 30.0  # seconds between pod list refreshes
+    # Seconds one pod list may take; on failure the last good list is kept.
+    discovery_timeout: PositiveFloat = 1.0
+    # Seconds one target's scrape may take; with discovery_timeout it must fit in `timeout`.
+    target_timeout: PositiveFloat = 2.5
+    max_response_bytes: PositiveInt = 16 * 1024 * 1024  # larger bodies (after gunzip) refused
     annotations: EngineAnnotations = EngineAnnotations()
 
     @model_validator(mode="after")
