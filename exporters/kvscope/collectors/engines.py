@@ -6,7 +6,7 @@ this node that ask for it (annotation `kvscope.io/scrape: "true"`) or carry a PD
 timeout, smaller than the tier's, so a slow or dead engine shows up as `kvscope_engine_up 0`
 with a reason and never delays the others.
 
-Counters are accumulated here, per target and per source series: when an engine restarts, its
+Counters are accumulated here, per target and normalized series: when an engine restarts, its
 counters start again from zero; the collector sees the drop, treats it as a reset and adds the
 new value, so the exported `kvscope_engine_*_total` never go backwards and `rate()` shows no
 negative spike or false burst. Values therefore equal the engine's own counters until its first
@@ -18,13 +18,15 @@ Prometheus sees as one ordinary counter reset.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.core import Metric
@@ -35,7 +37,7 @@ from kvscope.context import NodeContext
 from kvscope.families import counter, gauge, info, non_empty
 from kvscope.parsers.engines import CUMULATIVE, FAMILIES, HISTOGRAM_SUFFIXES, KEEP, Normalized
 from kvscope.parsers.engines import normalize as normalize_payload
-from kvscope.parsers.exposition import Exposition, ParseError, Sample, parse
+from kvscope.parsers.exposition import ParseCache, ParseError, parse
 from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
 from kvscope.sources.http_scrape import ScrapeFailure, new_session, scrape
 
@@ -57,15 +59,19 @@ class Target:
 
     @property
     def instance(self) -> str:
-        from urllib.parse import urlsplit
+        return _instance(self.url)
 
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        # Two engines behind one port on different paths must not share an identity.
-        path = parts.path if parts.path not in ("", "/", "/metrics") else ""
-        return f"{host}:{port}{path}"
+
+@functools.lru_cache(maxsize=4096)
+def _instance(url: str) -> str:
+    """host:port of a target URL, plus the path when it is not /metrics."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    # Two engines behind one port on different paths must not share an identity.
+    path = parts.path if parts.path not in ("", "/", "/metrics") else ""
+    return f"{host}:{port}{path}"
 
 
 # ---- discovery ---------------------------------------------------------------------------
@@ -146,61 +152,55 @@ def targets_from_pods(pods: Sequence[Mapping[str, Any]], cfg: EnginesConfig,
 # ---- counters across restarts ------------------------------------------------------------
 
 class Accumulator:
-    """Monotonic counters for one target, across engine restarts (see module docstring)."""
+    """Monotonic normalized counters for one target, across engine restarts.
+
+    Keyed by normalized series (family, engine, output labels), after the rank and shard
+    reductions: an engine restarts all its ranks together, and working on the ~60 normalized
+    series instead of the ~500 raw samples behind them keeps the cycle cheap.
+    """
 
     def __init__(self) -> None:
-        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._total: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._out: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[float, float]] = {}
+        self._counters: dict[tuple[str, str, tuple[tuple[str, str], ...]],
+                             tuple[float, float]] = {}  # key -> (last raw, total)
+        self._histograms: dict[tuple[str, str, tuple[tuple[str, str], ...]],
+                               tuple[tuple[float, ...], list[float], list[float]]] = {}
         self.resets = 0
 
-    def apply(self, expo: Exposition) -> None:
-        """Replace the value of every cumulative sample by its accumulated value."""
-        groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[str, int]]] = {}
-        for name in CUMULATIVE.intersection(expo.samples):
-            base = _histogram_base(name)
-            for i, s in enumerate(expo.samples[name]):
-                series = tuple((k, v) for k, v in s.labels.items() if k != "le")
-                groups.setdefault((base, series), []).append((name, i))
-        for members in groups.values():
-            # A histogram resets as a whole: if any of its samples went down, all did.
-            keys = [(name, tuple(expo.samples[name][i].labels.items())) for name, i in members]
-            values = [expo.samples[name][i].value for name, i in members]
-            reset = any(v < self._last.get(k, v) for k, v in zip(keys, values, strict=True))
-            self.resets += reset
-            for (name, i), k, v in zip(members, keys, values, strict=True):
-                prev = self._last.get(k)
-                total = v if prev is None else self._total[k] + (v if reset else v - prev)
-                if math.isnan(v):  # NaN: keep it visible, do not poison the running total
-                    continue
-                self._last[k] = v
-                self._total[k] = total
-                s = expo.samples[name][i]
-                expo.samples[name][i] = Sample(s.name, s.labels, total)
-
-    def output(self, family: str, engine: str, labels: tuple[tuple[str, str], ...],
-               value: float, hold: bool) -> float:
-        """Guard a derived counter: a switch of source names after an upgrade reads as a reset;
-        a difference of two counters (hold) may dip by a request in flight and is held."""
+    def counter(self, family: str, engine: str, labels: tuple[tuple[str, str], ...],
+                value: float, hold: bool = False) -> float:
+        """A drop in the source reads as a restart: the new value is added, not subtracted.
+        `hold`: a counter derived by subtraction may dip by a request in flight; hold it."""
         key = (family, engine, labels)
-        seen = self._out.get(key)
-        if seen is None:
-            self._out[key] = (value, value)
-            return value
+        seen = self._counters.get(key)
+        if seen is None or math.isnan(value):
+            if seen is None:
+                self._counters[key] = (value, value)
+            return value if seen is None else seen[1]
         last, total = seen
         if value >= last:
             total += value - last
         elif not hold:
             total += value
-        self._out[key] = (max(last, value) if hold else value, total)
+            self.resets += 1
+        self._counters[key] = (max(last, value) if hold else value, total)
         return total
 
-
-def _histogram_base(name: str) -> str:
-    for suffix in HISTOGRAM_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    def histogram(self, h: Histogram) -> Histogram:
+        """Buckets, count and sum accumulate together: if any went down, the engine restarted."""
+        key = (h.family, h.engine, h.labels)
+        bounds = tuple(b for b, _ in h.buckets)
+        raw = [n for _, n in h.buckets] + [h.count, h.sum if h.sum is not None else 0.0]
+        seen = self._histograms.get(key)
+        if seen is None or seen[0] != bounds:  # first sight, or new buckets after an upgrade
+            self._histograms[key] = (bounds, raw, list(raw))
+            return h
+        _, last, totals = seen
+        reset = any(r < p for r, p in zip(raw, last, strict=True))
+        self.resets += reset
+        totals = [t + (r if reset else r - p) for t, r, p in zip(totals, raw, last, strict=True)]
+        self._histograms[key] = (bounds, raw, totals)
+        return replace(h, buckets=tuple(zip(bounds, totals[:-2], strict=True)),
+                       count=totals[-2], sum=totals[-1] if h.sum is not None else None)
 
 
 # ---- per-target state and results --------------------------------------------------------
@@ -208,6 +208,8 @@ def _histogram_base(name: str) -> str:
 @dataclass
 class TargetState:
     accumulator: Accumulator = field(default_factory=Accumulator)
+    cache: ParseCache = field(default_factory=dict)  # series text -> parsed labels
+    shards: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     engine: str = ""  # last detected primary engine
     role: str = ""
     up: bool | None = None
@@ -321,13 +323,12 @@ class EnginesCollector(Collector):
                                max_bytes=cfg.max_response_bytes)
             if isinstance(got, ScrapeFailure):
                 return self._down(target, state, got.reason, got.message, got.duration)
-            expo = parse(got.body.decode("utf-8", "replace"), KEEP)
+            expo = parse(got.body.decode("utf-8", "replace"), KEEP, state.cache)
             if isinstance(expo, ParseError):
                 return self._down(target, state, expo.reason, f"{target.url}: {expo.message}",
                                   got.duration)
             state.invalid_lines += expo.invalid_lines
-            state.accumulator.apply(expo)
-            result = normalize_payload(expo, target.engine)
+            result = normalize_payload(expo, target.engine, state.shards)
             if not result.engines:
                 return self._down(target, state, "unknown_engine",
                                   f"{target.url}: no metric of a known engine "
@@ -411,9 +412,10 @@ class EnginesCollector(Collector):
         for v in norm.values:
             value = v.value
             if FAMILIES[v.family].kind == "counter":
-                value = state.accumulator.output(v.family, v.engine, v.labels, value, v.hold)
+                value = state.accumulator.counter(v.family, v.engine, v.labels, value, v.hold)
             series.value(v.family, {**base(v.engine), **dict(v.labels)}, value)
         for h in norm.histograms:
+            h = state.accumulator.histogram(h)
             series.histogram(h.family, {**base(h.engine), **dict(h.labels)}, h.buckets, h.count,
                              h.sum)
 

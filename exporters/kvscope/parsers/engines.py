@@ -500,11 +500,11 @@ def detect(names: set[str]) -> tuple[str, ...]:
 
 def _payload_role(expo: Exposition) -> str | None:
     for samples in expo.samples.values():
-        for s in samples:
-            for key, mapping in ROLE_LABELS.items():
-                role = mapping.get(s.labels.get(key, ""))
-                if role is not None and role != "both":
-                    return role
+        labels = samples[0].labels  # a family's samples share their identity labels
+        for key, mapping in ROLE_LABELS.items():
+            role = mapping.get(labels.get(key, ""))
+            if role is not None and role != "both":
+                return role
     return None
 
 
@@ -533,9 +533,10 @@ def _prefer_aggregate(samples: list[Sample]) -> list[Sample]:
 class _Reader:
     """Applies the rules of one engine to one payload."""
 
-    def __init__(self, expo: Exposition) -> None:
+    def __init__(self, expo: Exposition, memo: dict[str, LabelKey] | None) -> None:
         self.expo = expo
         self._prefix_cache: dict[tuple[str, ...], bool] = {}
+        self._shards = memo if memo is not None else {}
 
     def has_prefix(self, prefixes: tuple[str, ...]) -> bool:
         hit = self._prefix_cache.get(prefixes)
@@ -567,74 +568,109 @@ class _Reader:
                 return None
         return None
 
-    def rows(self, part: Part, name: str) -> list[tuple[LabelKey, LabelKey, Sample]]:
-        """(output labels, shard key, sample) for each sample of `name` this part accepts."""
+    def rows(self, part: Part, name: str) -> tuple[bool, list[tuple[LabelKey, LabelKey, Sample]]]:
+        """(ranks repeat?, [(output labels, shard key, sample)]) for the samples of `name` this
+        part accepts. The shard key (labels minus rank labels) is only built when ranks repeat.
+        """
+        samples = self.expo.get(name)
+        if not samples:
+            return False, []
+        first = samples[0].labels
+        if "priority" in first:
+            samples = _prefer_aggregate(samples)
+        ranked = not DUPLICATE_LABELS.isdisjoint(first)
+        const = tuple(sorted(part.const.items())) if part.const else ()
+        simple = not part.where and part.relabel is None
         out = []
-        for s in _prefer_aggregate(self.expo.get(name)):
-            if any(s.labels.get(k) != v for k, v in part.where.items()):
-                continue
-            extra: dict[str, str] = dict(part.const)
-            if part.relabel is not None:
-                more = part.relabel(s.labels)
-                if more is None:
+        for s in samples:
+            extra = const
+            if not simple:
+                if any(s.labels.get(k) != v for k, v in part.where.items()):
                     continue
-                extra.update(more)
-            shard = tuple(sorted((k, v) for k, v in s.labels.items()
-                                 if k not in DUPLICATE_LABELS and k != "le"))
-            out.append((tuple(sorted(extra.items())), shard, s))
-        return out
+                if part.relabel is not None:
+                    more = part.relabel(s.labels)
+                    if more is None:
+                        continue
+                    extra = tuple(sorted({**part.const, **more}.items()))
+            out.append((extra, self.shard(s) if ranked else (), s))
+        return ranked, out
+
+    def shard(self, s: Sample) -> LabelKey:
+        key = self._shards.get(s.series) if s.series else None
+        if key is None:
+            key = tuple(sorted((k, v) for k, v in s.labels.items()
+                               if k not in DUPLICATE_LABELS and k != "le"))
+            if s.series:
+                self._shards[s.series] = key
+        return key
+
+
+def _combine(totals: dict[LabelKey, float], out: LabelKey, value: float, reduce: str) -> None:
+    if out not in totals:
+        totals[out] = value
+    elif reduce == "max":
+        totals[out] = max(totals[out], value)
+    else:
+        totals[out] += value
 
 
 def _reduce_values(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> dict[LabelKey, float]:
     totals: dict[LabelKey, float] = {}
     zero = bool(rule.zero_when) and reader.has_prefix(rule.zero_when)
-    for index, part in enumerate(alt):
+    for part in alt:
         scale = reader.scale(part)
         if scale is None:
             continue
-        rows = reader.rows(part, part.sample)
+        ranked, rows = reader.rows(part, part.sample)
         if not rows and zero:
             key = tuple(sorted(part.const.items()))
             totals[key] = totals.get(key, 0.0)
             continue
-        # Ranks repeat a value: max within (part, output labels, shard); then combine shards.
-        per_shard: dict[tuple[int, LabelKey, LabelKey], float] = {}
+        if not ranked:
+            for out, _, s in rows:
+                _combine(totals, out, s.value * scale, rule.reduce)
+            continue
+        # Ranks repeat a value: max within (output labels, shard); then combine shards.
+        per_shard: dict[tuple[LabelKey, LabelKey], float] = {}
         for out, shard, s in rows:
-            k = (index, out, shard)
+            k = (out, shard)
             per_shard[k] = max(per_shard.get(k, s.value), s.value)
-        for (_, out, _), value in per_shard.items():
-            scaled = value * scale
-            if out not in totals:
-                totals[out] = scaled
-            elif rule.reduce == "max":
-                totals[out] = max(totals[out], scaled)
-            else:
-                totals[out] += scaled
+        for (out, _), value in per_shard.items():
+            _combine(totals, out, value * scale, rule.reduce)
     return totals
 
 
 def _reduce_histograms(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> list[Histogram]:
-    # out labels -> bound -> count, and out -> (count, sum); ranks: max; shards: sum.
+    # per output labels: bound -> count, plus _count and _sum; ranks: max; shards: sum.
     buckets: dict[LabelKey, dict[float, float]] = {}
     counts: dict[LabelKey, float] = {}
     sums: dict[LabelKey, float] = {}
     for part in alt:
-        per: dict[tuple[str, LabelKey, LabelKey, float], float] = {}
         for suffix in HISTOGRAM_SUFFIXES:
-            for out, shard, s in reader.rows(part, part.sample + suffix):
-                bound = le_bound(s.labels) if suffix == "_bucket" else 0.0
-                if bound is None:
-                    continue
-                k = (suffix, out, shard, bound)
-                per[k] = max(per.get(k, s.value), s.value)
-        for (suffix, out, _, bound), value in per.items():
-            if suffix == "_bucket":
-                row = buckets.setdefault(out, {})
-                row[bound] = row.get(bound, 0.0) + value
-            elif suffix == "_count":
-                counts[out] = counts.get(out, 0.0) + value
+            ranked, rows = reader.rows(part, part.sample + suffix)
+            cells: dict[tuple[LabelKey, float], float] = {}
+            if ranked:
+                per: dict[tuple[LabelKey, LabelKey, float], float] = {}
+                for out, shard, s in rows:
+                    bound = _bound(s, suffix)
+                    if bound is not None:
+                        k = (out, shard, bound)
+                        per[k] = max(per.get(k, s.value), s.value)
+                for (out, _, bound), value in per.items():
+                    cells[(out, bound)] = cells.get((out, bound), 0.0) + value
             else:
-                sums[out] = sums.get(out, 0.0) + value
+                for out, _, s in rows:
+                    bound = _bound(s, suffix)
+                    if bound is not None:
+                        cells[(out, bound)] = cells.get((out, bound), 0.0) + s.value
+            for (out, bound), value in cells.items():
+                if suffix == "_bucket":
+                    row = buckets.setdefault(out, {})
+                    row[bound] = row.get(bound, 0.0) + value
+                elif suffix == "_count":
+                    counts[out] = counts.get(out, 0.0) + value
+                else:
+                    sums[out] = sums.get(out, 0.0) + value
     out_list = []
     for out, row in buckets.items():
         inf = float("inf")
@@ -645,6 +681,12 @@ def _reduce_histograms(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> li
         ordered = tuple(sorted(row.items()))
         out_list.append(Histogram(rule.family, rule.engine, out, ordered, count, sums.get(out)))
     return out_list
+
+
+def _bound(s: Sample, suffix: str) -> float | None:
+    if suffix != "_bucket":
+        return 0.0
+    return s.le if s.le is not None else le_bound(s.labels)
 
 
 def _vllm_variant(names: set[str]) -> str:
@@ -684,13 +726,15 @@ def _variant(engine: str, names: set[str]) -> str:
     return pick(names) if pick is not None else "current"
 
 
-def normalize(expo: Exposition, engine_hint: str | None = None) -> Normalized:
+def normalize(expo: Exposition, engine_hint: str | None = None,
+              memo: dict[str, LabelKey] | None = None) -> Normalized:
     """Apply the table to one payload. `engine_hint` (the target's configured engine) only
-    matters for an empty payload, which then still counts as that engine."""
+    matters for an empty payload, which then still counts as that engine. `memo` (series ->
+    shard labels) may be kept per target between calls to save recomputing them."""
     engines = detect(expo.names)
     if not engines and not expo.names and engine_hint in ENGINES:
         engines = (engine_hint,)
-    reader = _Reader(expo)
+    reader = _Reader(expo, memo)
     values: list[Value] = []
     histograms: list[Histogram] = []
     for engine in engines:

@@ -40,6 +40,15 @@ class Sample(NamedTuple):
     name: str
     labels: Mapping[str, str]
     value: float
+    series: str = ""  # canonical identity: name and sorted labels (stable across scrapes)
+    le: float | None = None  # bucket bound of a `_bucket` sample
+
+
+# Series text (everything before the value) -> its parsed sample. An engine prints the same
+# series every scrape with only the values changed, so a per-target cache turns the label parse
+# into a dict lookup. Bounded: cleared when it grows past CACHE_LIMIT (label churn).
+ParseCache = dict[str, Sample]
+CACHE_LIMIT = 200_000
 
 
 @dataclass
@@ -92,6 +101,8 @@ def parse_value(text: str) -> float | None:
 
 
 def _comment(line: str, expo: Exposition) -> None:
+    if line.startswith("# HELP"):
+        return  # the most common comment, and nothing here needs it
     parts = line.split(None, 3)
     if len(parts) >= 4 and parts[1] == "TYPE":
         expo.types[parts[2]] = parts[3].strip()
@@ -99,7 +110,8 @@ def _comment(line: str, expo: Exposition) -> None:
         expo.openmetrics = True
 
 
-def parse(text: str, keep: Container[str] | None = None) -> Exposition | ParseError:
+def parse(text: str, keep: Container[str] | None = None,
+          cache: ParseCache | None = None) -> Exposition | ParseError:
     """Parse `text`; samples whose name is not in `keep` are only noted in `names`.
 
     Never raises. A payload that has lines but not one valid sample is a ParseError; an empty
@@ -110,7 +122,24 @@ def parse(text: str, keep: Container[str] | None = None) -> Exposition | ParseEr
     expo = Exposition()
     seen: dict[str, int] = {}  # name -> lines; names are validated once each, at the end
     run = ""  # name of the previous skipped line: families come in runs of lines
+    samples = expo.samples
     for line in text.split("\n"):
+        if cache is not None:
+            # Hot path after the first scrape: one split and one lookup per line.
+            head, _, raw = line.rpartition(" ")
+            known = cache.get(head)
+            if known is not None:
+                if known.le != _SKIP:
+                    try:
+                        value = float(raw)
+                    except ValueError:
+                        known = None
+                    else:
+                        samples.setdefault(known.name, []).append(
+                            Sample(known.name, known.labels, value, known.series, known.le))
+                if known is not None:
+                    seen[known.name] = seen.get(known.name, 0) + 1
+                    continue
         if run and line.startswith(run) and line[len(run):len(run) + 1] in ("{", " "):
             seen[run] += 1
             continue
@@ -126,6 +155,8 @@ def parse(text: str, keep: Container[str] | None = None) -> Exposition | ParseEr
         seen[name] = seen.get(name, 0) + 1
         if keep is not None and name not in keep:
             run = name
+            if cache is not None and _NAME.fullmatch(name):
+                _remember_skip(line, name, cache)
             continue
         run = ""
         sample = _sample(line.rstrip("\r")) if _NAME.fullmatch(name) else None
@@ -133,7 +164,9 @@ def parse(text: str, keep: Container[str] | None = None) -> Exposition | ParseEr
             expo.invalid_lines += 1
             seen[name] -= 1
             continue
-        expo.samples.setdefault(sample.name, []).append(sample)
+        if cache is not None:
+            _remember(line, sample, cache)
+        samples.setdefault(sample.name, []).append(sample)
     for name, lines in seen.items():
         if not lines:
             continue
@@ -145,6 +178,37 @@ def parse(text: str, keep: Container[str] | None = None) -> Exposition | ParseEr
     if expo.valid_lines == 0 and expo.invalid_lines > 0:
         return ParseError("parse", f"no valid sample in {expo.invalid_lines} lines")
     return expo
+
+
+_SKIP = -1.0  # `le` of a cache entry for a line whose name is not kept (real bounds are >= 0)
+
+
+def _remember_skip(line: str, name: str, cache: ParseCache) -> None:
+    head, _, _ = line.rpartition(" ")
+    if head.endswith("}") or head == name:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[head] = Sample(name, {}, 0.0, "", _SKIP)
+
+
+def _remember(line: str, sample: Sample, cache: ParseCache) -> None:
+    """Cache the series text only when the line is exactly `series value` (no timestamp, no
+    exemplar), so that a hit can never take a timestamp for the value."""
+    head, _, raw = line.rpartition(" ")
+    if " #" in head or not (head.endswith("}") or head == sample.name):
+        return
+    value = parse_value(raw)
+    if value is None or not (value == sample.value or math.isnan(value)):
+        return
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[head] = sample
+
+
+def _identify(name: str, labels: dict[str, str], value: float) -> Sample:
+    series = name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    le = le_bound(labels) if name.endswith("_bucket") else None
+    return Sample(name, labels, value, series, le)
 
 
 def _sample(line: str) -> Sample | None:
@@ -159,7 +223,7 @@ def _sample(line: str) -> Sample | None:
     value = parse_value(raw)
     if labels is None or value is None:
         return None
-    return Sample(name, labels, value)
+    return _identify(name, labels, value)
 
 
 def _fast_sample(line: str) -> Sample | None:  # noqa: PLR0911 - each return declines a shape
@@ -173,7 +237,7 @@ def _fast_sample(line: str) -> Sample | None:  # noqa: PLR0911 - each return dec
         if len(parts) not in (2, 3):
             return None
         value = parse_value(parts[1])
-        return None if value is None else Sample(parts[0], {}, value)
+        return None if value is None else _identify(parts[0], {}, value)
     close = line.rfind("}")
     if close < brace:
         return None
@@ -194,7 +258,7 @@ def _fast_sample(line: str) -> Sample | None:  # noqa: PLR0911 - each return dec
             if not sep or '"' in val or not key.isidentifier():
                 return None  # spaces, odd quoting: the full grammar decides
             labels[key] = val
-    return Sample(line[:brace], labels, value)
+    return _identify(line[:brace], labels, value)
 
 
 def le_bound(labels: Mapping[str, str]) -> float | None:
