@@ -35,7 +35,7 @@ from prometheus_client.utils import floatToGoString
 from kvscope.config import ENGINE_NAMES, EnginesConfig, PdSettings
 from kvscope.context import NodeContext
 from kvscope.families import counter, gauge, info, non_empty
-from kvscope.parsers.engines import CUMULATIVE, FAMILIES, HISTOGRAM_SUFFIXES, KEEP, Normalized
+from kvscope.parsers.engines import FAMILIES, KEEP, Histogram, Normalized
 from kvscope.parsers.engines import normalize as normalize_payload
 from kvscope.parsers.exposition import ParseCache, ParseError, parse
 from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
@@ -414,8 +414,8 @@ class EnginesCollector(Collector):
             if FAMILIES[v.family].kind == "counter":
                 value = state.accumulator.counter(v.family, v.engine, v.labels, value, v.hold)
             series.value(v.family, {**base(v.engine), **dict(v.labels)}, value)
-        for h in norm.histograms:
-            h = state.accumulator.histogram(h)
+        for raw in norm.histograms:
+            h = state.accumulator.histogram(raw)
             series.histogram(h.family, {**base(h.engine), **dict(h.labels)}, h.buckets, h.count,
                              h.sum)
 

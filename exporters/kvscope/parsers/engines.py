@@ -647,22 +647,7 @@ def _reduce_histograms(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> li
     sums: dict[LabelKey, float] = {}
     for part in alt:
         for suffix in HISTOGRAM_SUFFIXES:
-            ranked, rows = reader.rows(part, part.sample + suffix)
-            cells: dict[tuple[LabelKey, float], float] = {}
-            if ranked:
-                per: dict[tuple[LabelKey, LabelKey, float], float] = {}
-                for out, shard, s in rows:
-                    bound = _bound(s, suffix)
-                    if bound is not None:
-                        k = (out, shard, bound)
-                        per[k] = max(per.get(k, s.value), s.value)
-                for (out, _, bound), value in per.items():
-                    cells[(out, bound)] = cells.get((out, bound), 0.0) + value
-            else:
-                for out, _, s in rows:
-                    bound = _bound(s, suffix)
-                    if bound is not None:
-                        cells[(out, bound)] = cells.get((out, bound), 0.0) + s.value
+            cells = _histogram_cells(*reader.rows(part, part.sample + suffix), suffix)
             for (out, bound), value in cells.items():
                 if suffix == "_bucket":
                     row = buckets.setdefault(out, {})
@@ -681,6 +666,27 @@ def _reduce_histograms(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> li
         ordered = tuple(sorted(row.items()))
         out_list.append(Histogram(rule.family, rule.engine, out, ordered, count, sums.get(out)))
     return out_list
+
+
+def _histogram_cells(ranked: bool, rows: list[tuple[LabelKey, LabelKey, Sample]],
+                     suffix: str) -> dict[tuple[LabelKey, float], float]:
+    """(output labels, bound) -> value for one suffix; ranks repeat (max), shards add up."""
+    cells: dict[tuple[LabelKey, float], float] = {}
+    if not ranked:
+        for out, _, s in rows:
+            bound = _bound(s, suffix)
+            if bound is not None:
+                cells[(out, bound)] = cells.get((out, bound), 0.0) + s.value
+        return cells
+    per: dict[tuple[LabelKey, LabelKey, float], float] = {}
+    for out, shard, s in rows:
+        bound = _bound(s, suffix)
+        if bound is not None:
+            k = (out, shard, bound)
+            per[k] = max(per.get(k, s.value), s.value)
+    for (out, _, bound), value in per.items():
+        cells[(out, bound)] = cells.get((out, bound), 0.0) + value
+    return cells
 
 
 def _bound(s: Sample, suffix: str) -> float | None:

@@ -122,24 +122,9 @@ def parse(text: str, keep: Container[str] | None = None,
     expo = Exposition()
     seen: dict[str, int] = {}  # name -> lines; names are validated once each, at the end
     run = ""  # name of the previous skipped line: families come in runs of lines
-    samples = expo.samples
     for line in text.split("\n"):
-        if cache is not None:
-            # Hot path after the first scrape: one split and one lookup per line.
-            head, _, raw = line.rpartition(" ")
-            known = cache.get(head)
-            if known is not None:
-                if known.le != _SKIP:
-                    try:
-                        value = float(raw)
-                    except ValueError:
-                        known = None
-                    else:
-                        samples.setdefault(known.name, []).append(
-                            Sample(known.name, known.labels, value, known.series, known.le))
-                if known is not None:
-                    seen[known.name] = seen.get(known.name, 0) + 1
-                    continue
+        if cache is not None and _hit(line, cache, expo.samples, seen):
+            continue
         if run and line.startswith(run) and line[len(run):len(run) + 1] in ("{", " "):
             seen[run] += 1
             continue
@@ -148,25 +133,52 @@ def parse(text: str, keep: Container[str] | None = None,
         if line[0] == "#":
             _comment(line, expo)
             continue
-        brace = line.find("{")
-        space = line.find(" ")
-        cut = brace if brace != -1 and (space == -1 or brace < space) else space
-        name = line[:cut] if cut != -1 else line
-        seen[name] = seen.get(name, 0) + 1
-        if keep is not None and name not in keep:
-            run = name
-            if cache is not None and _NAME.fullmatch(name):
-                _remember_skip(line, name, cache)
-            continue
-        run = ""
-        sample = _sample(line.rstrip("\r")) if _NAME.fullmatch(name) else None
-        if sample is None:
-            expo.invalid_lines += 1
-            seen[name] -= 1
-            continue
-        if cache is not None:
-            _remember(line, sample, cache)
-        samples.setdefault(sample.name, []).append(sample)
+        run = _line(line, keep, cache, expo, seen)
+    return _finish(expo, seen)
+
+
+def _hit(line: str, cache: ParseCache, samples: dict[str, list[Sample]],
+         seen: dict[str, int]) -> bool:
+    """The hot path after the first scrape: one split and one lookup per line."""
+    head, _, raw = line.rpartition(" ")
+    known = cache.get(head)
+    if known is None:
+        return False
+    if known.le != _SKIP:
+        try:
+            value = float(raw)
+        except ValueError:
+            return False
+        samples.setdefault(known.name, []).append(
+            Sample(known.name, known.labels, value, known.series, known.le))
+    seen[known.name] = seen.get(known.name, 0) + 1
+    return True
+
+
+def _line(line: str, keep: Container[str] | None, cache: ParseCache | None, expo: Exposition,
+          seen: dict[str, int]) -> str:
+    """One sample line; returns the name when the line was skipped (the start of a run)."""
+    brace = line.find("{")
+    space = line.find(" ")
+    cut = brace if brace != -1 and (space == -1 or brace < space) else space
+    name = line[:cut] if cut != -1 else line
+    seen[name] = seen.get(name, 0) + 1
+    if keep is not None and name not in keep:
+        if cache is not None and _NAME.fullmatch(name):
+            _remember_skip(line, name, cache)
+        return name
+    sample = _sample(line.rstrip("\r")) if _NAME.fullmatch(name) else None
+    if sample is None:
+        expo.invalid_lines += 1
+        seen[name] -= 1
+        return ""
+    if cache is not None:
+        _remember(line, sample, cache)
+    expo.samples.setdefault(sample.name, []).append(sample)
+    return ""
+
+
+def _finish(expo: Exposition, seen: dict[str, int]) -> Exposition | ParseError:
     for name, lines in seen.items():
         if not lines:
             continue
