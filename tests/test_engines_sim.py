@@ -246,3 +246,19 @@ def test_sim_module_registers_its_starter_and_equipment() -> None:
 
     assert sim_engines.start_engines in STARTERS
     assert sim_engines.equip_engines in DEFAULT_EQUIPMENT
+
+
+def test_promtool_accepts_the_engine_families() -> None:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool comes with Debian's prometheus (tests/run.sh)"
+    result = CliRunner().invoke(main, ["collect", "--scenario", "kv-transfer-slow"])
+    engine_text = "".join(
+        line + "\n" for line in result.stdout.splitlines()
+        if "kvscope_engine_" in line)
+    lint = subprocess.run([promtool, "check", "metrics"], input=engine_text, text=True,
+                          capture_output=True, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "kvscope_engine_kv_transfer_seconds_total" in engine_text
