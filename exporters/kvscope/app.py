@@ -53,7 +53,9 @@ async def start_sim_services(ctx: NodeContext, stack: AsyncExitStack) -> None:
         return
     from kvscope.sim.services import start_all
 
-    overrides = await start_all(ctx.sim, stack)
+    enabled = frozenset(name for name in type(ctx.config.collectors).model_fields
+                        if getattr(ctx.config.collectors, name).enabled)
+    overrides = await start_all(ctx.sim, stack, enabled)
     if overrides:
         data = ctx.config.model_dump()
         for dotted, value in overrides.items():

@@ -21,6 +21,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 DEFAULT_PORT = 9447  # clashes with neither dcgm-exporter (9400) nor node_exporter (9100)
@@ -150,8 +151,68 @@ class RdmaConfig(CollectorConfig):
         default=4 * 1024 * 1024, description="read at most this much log text per slow poll")
 
 
+ENGINE_NAMES = ("vllm", "sglang", "lmdeploy", "tgi", "mooncake", "lmcache", "nixl", "dynamo")
+EngineName = Literal["vllm", "sglang", "lmdeploy", "tgi", "mooncake", "lmcache", "nixl", "dynamo"]
+EngineRole = Literal["prefill", "decode", "both"]
+
+
+class EngineTarget(Strict):
+    """One engine /metrics endpoint. Engine and role are optional: the engine is detected from
+    metric names, the role from SGLang's engine_type (else `both`)."""
+
+    url: str = Field(description="full URL, e.g. http://10.0.0.5:30000/metrics")
+    engine: EngineName | None = None
+    role: EngineRole | None = None
+    model: str | None = Field(None, description="model label; default: the engine's own")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+
+class EngineAnnotations(Strict):
+    """Pod annotation keys read by discovery."""
+
+    scrape: str = "kvscope.io/scrape"  # "true" makes the pod a target, "false" excludes it
+    port: str = "kvscope.io/port"  # metrics port (default: the first declared container port)
+    path: str = "kvscope.io/path"  # default /metrics
+    engine: str = "kvscope.io/engine"
+    role: str = "kvscope.io/role"
+    model: str = "kvscope.io/model"
+
+
 class EnginesConfig(CollectorConfig):
-    pass
+    # Static targets are scraped whether or not discovery finds them.
+    targets: tuple[EngineTarget, ...] = ()
+    # Also scrape pods on this node marked by annotation or carrying a PD role label.
+    discovery: bool = True
+    discovery_interval: PositiveFloat = 30.0  # seconds between pod list refreshes
+    # Seconds one pod list may take; on failure the last good list is kept.
+    discovery_timeout: PositiveFloat = 1.0
+    # Seconds one target's scrape may take; with discovery_timeout it must fit in `timeout`.
+    target_timeout: PositiveFloat = 2.5
+    max_response_bytes: PositiveInt = 16 * 1024 * 1024  # larger bodies (after gunzip) refused
+    annotations: EngineAnnotations = EngineAnnotations()
+
+    @model_validator(mode="after")
+    def _timeouts_fit(self) -> EnginesConfig:
+        budget = self.target_timeout + (self.discovery_timeout if self.discovery else 0.0)
+        if budget >= self.timeout:
+            raise ValueError(
+                f"target_timeout ({self.target_timeout}) + discovery_timeout "
+                f"({self.discovery_timeout}) must be below timeout ({self.timeout}), so that one "
+                "slow engine is reported as such instead of failing the whole poll")
+        return self
 
 
 class CollectorsConfig(Strict):

@@ -39,12 +39,19 @@ def _rdma(ctx: NodeContext) -> Collector:
     return RdmaCollector(ctx, verbs_lib=rdma.verbs() if rdma is not None else None)
 
 
-# name -> factory; later collectors (nvlink, topology, rdma, engines) add themselves here.
+def _engines(ctx: NodeContext) -> Collector:
+    from kvscope.collectors.engines import EnginesCollector
+
+    return EnginesCollector(ctx)
+
+
+# name -> factory, in poll order (topology before the collectors whose series it labels).
 REGISTRY: dict[str, Factory] = {
     "gpu": _gpu,
     "nvlink": _nvlink,
     "topology": _topology,
     "rdma": _rdma,
+    "engines": _engines,
 }
 
 

@@ -1,1 +1,1 @@
-"""Pure parsers: text in, typed records out. They never raise on bad input."""
+"""Pure parsers: text in, typed records out; bad input gives an error value, never an exception."""

@@ -1,81 +1,26 @@
-"""A fake kubelet pod-resources v1 server: real gRPC on a unix socket, answering List.
+"""The simulated node's kubelet pod-resources endpoint, started when the topology collector runs.
 
-It serves the simulated node's pods with their GPUs as NVIDIA's device plugin reports them
-(`nvidia.com/gpu`, GPU UUIDs), so kvscope's production client is what talks to it. `extra_pods`
-pads the reply (tests use it to go past gRPC's 4 MiB default receive limit).
+The gRPC server itself lives in `kubelet_server` and is imported only when started, so a demo or
+benchmark without the topology collector does not carry grpcio.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
-from concurrent import futures
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from kvscope.sim import services
 from kvscope.sim.node import SimNode
-from kvscope.sources.podresources import api_pb2, api_pb2_grpc
-
-GPU_RESOURCE = "nvidia.com/gpu"
-
-
-def list_reply(node: SimNode, extra_pods: int = 0) -> Any:
-    reply = api_pb2.ListPodResourcesResponse()
-    for pod in node.pods:
-        item = reply.pod_resources.add(name=pod.name, namespace=pod.namespace)
-        container = item.containers.add(name=pod.container)
-        if pod.gpus:
-            devices = container.devices.add(resource_name=GPU_RESOURCE)
-            devices.device_ids.extend(node.gpus[i].uuid for i in pod.gpus if i < len(node.gpus))
-    for n in range(extra_pods):
-        # CPU-only pods as a busy node has hundreds of: no devices, a few exclusive CPUs.
-        item = reply.pod_resources.add(name=f"batch-job-{n:06d}-{'x' * 40}", namespace="batch")
-        item.containers.add(name="worker", cpu_ids=[n % 192, (n + 1) % 192])
-    return reply
-
-
-class _Lister(api_pb2_grpc.PodResourcesListerServicer):  # type: ignore[misc]
-    def __init__(self, node: SimNode, extra_pods: int) -> None:
-        self.node = node
-        self.extra_pods = extra_pods
-        self.calls = 0
-
-    def List(self, request: Any, context: Any) -> Any:
-        self.calls += 1
-        return list_reply(self.node, self.extra_pods)
-
-
-class FakeKubelet:
-    """Serves List for `node` on `socket_path` until stopped."""
-
-    def __init__(self, node: SimNode, socket_path: Path, *, extra_pods: int = 0) -> None:
-        self.socket_path = socket_path
-        self.lister = _Lister(node, extra_pods)
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        api_pb2_grpc.add_PodResourcesListerServicer_to_server(self.lister, self._server)
-        if self._server.add_insecure_port(f"unix://{socket_path}") == 0:
-            raise OSError(f"cannot bind fake kubelet to {socket_path}")
-
-    def start(self) -> FakeKubelet:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop(grace=None).wait(5)
-
-
-def start_kubelet_sync(node: SimNode, directory: Path, *, extra_pods: int = 0) -> FakeKubelet:
-    return FakeKubelet(node, directory / "kubelet.sock", extra_pods=extra_pods).start()
 
 
 async def start_kubelet(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
     """services.STARTERS hook: a fake kubelet in a temporary directory."""
     if not node.pods:
         return {}
+    from kvscope.sim.kubelet_server import start_kubelet_sync
+
     tmp = tempfile.TemporaryDirectory(prefix="kvscope-sim-kubelet-")
     stack.callback(tmp.cleanup)
     kubelet = start_kubelet_sync(node, Path(tmp.name))
@@ -83,9 +28,12 @@ async def start_kubelet(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
     return {"collectors.topology.pod_resources_socket": str(kubelet.socket_path)}
 
 
-def _register(starters: Sequence[Any]) -> None:
-    if start_kubelet not in starters:
-        services.STARTERS.append(start_kubelet)
+def __getattr__(name: str) -> Any:
+    # FakeKubelet, start_kubelet_sync, list_reply: loaded on first use.
+    from kvscope.sim import kubelet_server
+
+    return getattr(kubelet_server, name)
 
 
-_register(services.STARTERS)
+if start_kubelet not in services.STARTERS:
+    services.STARTERS.append(start_kubelet)

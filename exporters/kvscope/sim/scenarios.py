@@ -128,6 +128,7 @@ SUBSYSTEM_MODULES: list[str] = [
     "kvscope.sim.topology",
     "kvscope.sim.kubelet",
     "kvscope.sim.rdma",
+    "kvscope.sim.engines",
 ]
 
 

@@ -55,9 +55,25 @@ async def start_kube_api(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]
 # Subsystem simulators append their starters (kubelet pod-resources, engine servers, ...).
 STARTERS: list[Starter] = [start_kube_api]
 
+# Which collectors each fake serves: a fake nobody reads is not started, so a demo or benchmark
+# with a collector switched off carries no cost for its simulator (the RDMA tree is rewritten
+# every second, the engines serve 100 KB expositions).
+SERVES: dict[str, frozenset[str]] = {
+    "start_kube_api": frozenset({"topology", "engines"}),
+    "start_sysfs": frozenset({"topology"}),
+    "start_kubelet": frozenset({"topology"}),
+    "start_rdma": frozenset({"rdma"}),
+    "start_engines": frozenset({"engines"}),
+}
 
-async def start_all(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
+
+async def start_all(node: SimNode, stack: AsyncExitStack,
+                    enabled: frozenset[str] | None = None) -> dict[str, Any]:
+    """Start the fakes that serve the `enabled` collectors (all when None)."""
     overrides: dict[str, Any] = {}
     for start in STARTERS:
+        serves = SERVES.get(start.__name__)
+        if enabled is not None and serves is not None and not serves & enabled:
+            continue
         overrides.update(await start(node, stack))
     return overrides

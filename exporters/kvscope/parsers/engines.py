@@ -1,0 +1,790 @@
+"""Engine exposition into kvscope's normalized engine schema: the mapping table and its reader.
+
+Every engine names the same facts differently and renames them between releases. The table
+below (`RULES`) says, per normalized family and engine, which source samples feed it, in order
+of preference (newest name first), with unit scales and label handling. `normalize()` applies it
+to one parsed payload and returns typed records; the collector adds target labels and turns them
+into families. Facts an engine does not expose produce no record, never a zero.
+
+Aggregation inside one target, decided once for every rule:
+- duplicate labels (`tp_rank`, `pp_rank`, `moe_ep_rank` of SGLang's schedulers, LMCache's
+  `worker_id` and `role`): every rank repeats the same scheduler value, so take the max, never the
+  sum;
+- every other label that the rule does not turn into an output label (data-parallel `engine` of
+  vLLM/LMDeploy, SGLang's `dp_rank`, `cache_source`, TGI's `err`, TENT's `transport`, NIXL's
+  `agent_name`) splits one fact into parts: sum them (ratios take the max: the worst rank);
+- SGLang's `priority`: when aggregate series (`priority=""`) exist, per-priority ones are dropped.
+
+One target serves one model: the target's `model` (config or pod annotation) or else the first
+model label found in the payload. The role comes from the target, else from SGLang's
+`engine_type` or Dynamo's `worker_type`, else `both`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kvscope.parsers.exposition import Exposition, Sample, le_bound
+
+Kind = Literal["gauge", "counter", "histogram"]
+LabelFn = Callable[[Mapping[str, str]], Mapping[str, str] | None]
+
+# The engines kvscope knows, in the order that picks a target's primary engine.
+# Dynamo first: a Dynamo worker passes its engine's metrics through on the same port.
+ENGINES = ("dynamo", "vllm", "sglang", "lmdeploy", "tgi", "mooncake", "nixl", "lmcache")
+
+# A payload contains an engine when a sample name starts with one of its prefixes.
+ENGINE_PREFIXES: Mapping[str, tuple[str, ...]] = {
+    "vllm": ("vllm:",),
+    "sglang": ("sglang:",),
+    "lmdeploy": ("lmdeploy:",),
+    "tgi": ("tgi_",),
+    "dynamo": ("dynamo_",),
+    "mooncake": ("master_", "segment_", "tent_", "mooncake_", "valid_get_nums_",
+                 "total_get_nums_", "mem_cache_", "file_cache_"),
+    "nixl": ("agent_tx_", "agent_rx_", "agent_xfer_"),
+    "lmcache": ("lmcache:",),
+}
+
+DUPLICATE_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank", "worker_id", "role"})
+ROLE_LABELS: Mapping[str, Mapping[str, str]] = {
+    "engine_type": {"prefill": "prefill", "decode": "decode", "unified": "both"},
+    "worker_type": {"prefill": "prefill", "decode": "decode", "aggregated": "both"},
+}
+MODEL_LABELS = ("served_model_name", "model_name", "model")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()  # output labels beyond the target's
+
+
+FAMILIES: Mapping[str, FamilySpec] = {f.name: f for f in (
+    FamilySpec("kvscope_engine_kv_cache_usage_ratio", "gauge",
+               "KV-cache slots in use, 0-1. vLLM kv_cache_usage_perc (gpu_cache_usage_perc up to "
+               "0.11), SGLang token_usage (max over TP ranks), LMDeploy gpu_cache_usage_perc, "
+               "Dynamo kvstats_gpu_cache_usage_percent."),
+    FamilySpec("kvscope_engine_prefix_cache_query_tokens_total", "counter",
+               "Prompt tokens looked up in the prefix cache. vLLM prefix_cache_queries (0.8: "
+               "blocks x block_size), SGLang prompt_tokens, LMDeploy request_prompt_tokens_sum, "
+               "LMCache num_requested_tokens. Only with its hit counterpart."),
+    FamilySpec("kvscope_engine_prefix_cache_hit_tokens_total", "counter",
+               "Prompt tokens found in the prefix cache. vLLM prefix_cache_hits, SGLang "
+               "cached_tokens (all cache_source tiers), LMDeploy cached_tokens, LMCache "
+               "num_hit_tokens."),
+    FamilySpec("kvscope_engine_prefix_cache_hit_ratio", "gauge",
+               "The engine's own hit-rate gauge, only for engines without hit/query counters; "
+               "`window` says what it covers (SGLang last_batch, LMDeploy lifetime, LMCache "
+               "since_last_log, vLLM V0 recent).", ("window",)),
+    FamilySpec("kvscope_engine_requests_running", "gauge",
+               "Requests in the running batch. vLLM/LMDeploy num_requests_running, SGLang "
+               "num_running_reqs (max over TP ranks), TGI batch_current_size, Dynamo "
+               "inflight_requests."),
+    FamilySpec("kvscope_engine_requests_waiting", "gauge",
+               "Requests queued for scheduling. vLLM/LMDeploy num_requests_waiting, SGLang "
+               "num_queue_reqs, TGI queue_size, Dynamo queued_requests."),
+    FamilySpec("kvscope_engine_pd_queue_requests", "gauge",
+               "Requests in a PD-disaggregation queue by stage: SGLang bootstrap/inflight "
+               "(prefill), prealloc/transfer (decode); vLLM deferred and kv_fetch_<stage>.",
+               ("stage",)),
+    FamilySpec("kvscope_engine_time_to_first_token_seconds", "histogram",
+               "Time to first token, buckets as the engine defines them. vLLM, SGLang, LMDeploy "
+               "time_to_first_token_seconds; Dynamo frontend."),
+    FamilySpec("kvscope_engine_inter_token_latency_seconds", "histogram",
+               "Time between output tokens. vLLM/SGLang inter_token_latency_seconds (older: "
+               "time_per_output_token_seconds), LMDeploy iter_token_latency, Dynamo frontend."),
+    FamilySpec("kvscope_engine_e2e_request_latency_seconds", "histogram",
+               "Request latency from arrival to last token. vLLM/SGLang/LMDeploy "
+               "e2e_request_latency_seconds, TGI request_duration, Dynamo request_duration."),
+    FamilySpec("kvscope_engine_kv_transfer_bytes_total", "counter",
+               "KV-cache bytes moved between instances. vLLM nixl/mooncake bytes_transferred_sum, "
+               "SGLang kv_transfer_total_mb_sum x 1e6, Mooncake TENT/client read+write bytes, "
+               "NIXL agent tx+rx bytes."),
+    FamilySpec("kvscope_engine_kv_transfer_seconds_total", "counter",
+               "Time spent in KV-cache transfers. vLLM nixl/mooncake xfer_time_seconds_sum, "
+               "SGLang kv_transfer_latency_ms_sum / 1000, Mooncake latency sums (us), NIXL "
+               "agent_xfer_time (us)."),
+    FamilySpec("kvscope_engine_kv_transfer_failures_total", "counter",
+               "Failed KV transfers by kind (transfer, bootstrap, notification, expired, recv). "
+               "vLLM nixl/mooncake failure counters, SGLang num_*_failed_reqs, TENT failures, "
+               "NIXL agent_errors.", ("kind",)),
+    FamilySpec("kvscope_engine_kv_transfer_last_seconds", "gauge",
+               "Latency of the last KV transfer, from SGLang builds that expose "
+               "kv_transfer_latency_ms as a gauge (before it became a histogram)."),
+    FamilySpec("kvscope_engine_kv_transfer_last_bytes_per_second", "gauge",
+               "Speed of the last KV transfer, from SGLang builds that expose "
+               "kv_transfer_speed_gb_s as a gauge (GB/s x 1e9)."),
+    FamilySpec("kvscope_engine_prompt_tokens_total", "counter",
+               "Prompt tokens processed. vLLM/SGLang/LMDeploy prompt_tokens, TGI "
+               "request_input_length_sum, Dynamo input_sequence_tokens_sum."),
+    FamilySpec("kvscope_engine_generation_tokens_total", "counter",
+               "Output tokens generated. vLLM/SGLang/LMDeploy generation_tokens, TGI "
+               "request_generated_tokens_sum, Dynamo output_tokens."),
+    FamilySpec("kvscope_engine_requests_total", "counter",
+               "Finished requests by outcome (success, error, aborted). vLLM/LMDeploy "
+               "request_success by finished_reason, SGLang num_requests minus "
+               "num_aborted_requests, TGI request_success/request_failure, Dynamo "
+               "requests_total by status.", ("outcome",)),
+    FamilySpec("kvscope_engine_preemptions_total", "counter",
+               "Requests preempted to free KV cache. vLLM num_preemptions, SGLang "
+               "num_retracted_requests."),
+    FamilySpec("kvscope_engine_kv_store_lookups_total", "counter",
+               "Lookups in a shared KV store. Mooncake master total_get_nums_."),
+    FamilySpec("kvscope_engine_kv_store_hits_total", "counter",
+               "Store lookups that found a complete replica. Mooncake master valid_get_nums_."),
+    FamilySpec("kvscope_engine_kv_store_used_bytes", "gauge",
+               "Bytes allocated in a shared KV store. Mooncake master_allocated_bytes."),
+    FamilySpec("kvscope_engine_kv_store_capacity_bytes", "gauge",
+               "Capacity of a shared KV store. Mooncake master_total_capacity_bytes."),
+)}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One source sample name feeding a rule, scaled, optionally filtered and relabelled."""
+
+    sample: str  # exact sample name, or the base name of a histogram
+    scale: float = 1.0
+    where: Mapping[str, str] = field(default_factory=dict)  # keep samples with these labels
+    const: Mapping[str, str] = field(default_factory=dict)  # output labels set by this part
+    relabel: LabelFn | None = None  # output labels from source labels; None result = skip
+    scale_by: tuple[str, str] | None = None  # (info sample, label): vLLM 0.8 block_size
+
+
+@dataclass(frozen=True)
+class Rule:
+    family: str
+    engine: str
+    alternatives: tuple[tuple[Part, ...], ...]  # first present wins; its parts are summed
+    reduce: Literal["sum", "max"] = "sum"  # across shards (ratios: max)
+    pair: str | None = None  # family whose rule must use the same alternative index
+    unless: str | None = None  # family that, when present for this engine, suppresses this one
+    zero_when: tuple[str, ...] = ()  # sample-name prefixes: when present, absent parts are 0
+    hold: bool = False  # counter derived by subtraction: never let it step back
+
+
+def _outcome_vllm(labels: Mapping[str, str]) -> Mapping[str, str]:
+    reason = labels.get("finished_reason", "")
+    outcome = {"abort": "aborted", "error": "error"}.get(reason, "success")
+    return {"outcome": outcome}
+
+
+def _outcome_lmdeploy(labels: Mapping[str, str]) -> Mapping[str, str]:
+    reason = labels.get("finished_reason", "").removeprefix("ResponseType.")
+    if reason in ("FINISH", "SUCCESS"):
+        return {"outcome": "success"}
+    if reason in ("CANCEL", "CANCELLED", "ABORT"):
+        return {"outcome": "aborted"}
+    return {"outcome": "error"}
+
+
+def _outcome_dynamo(labels: Mapping[str, str]) -> Mapping[str, str]:
+    return {"outcome": "success" if labels.get("status") == "success" else "error"}
+
+
+def _kv_fetch_stage(labels: Mapping[str, str]) -> Mapping[str, str] | None:
+    stage = labels.get("stage")
+    return {"stage": f"kv_fetch_{stage}"} if stage else None
+
+
+def _p(sample: str, scale: float = 1.0, **kw: object) -> Part:
+    return Part(sample, scale, **kw)  # type: ignore[arg-type]
+
+
+def _one(*samples: str, scale: float = 1.0) -> tuple[tuple[Part, ...], ...]:
+    """Alternatives of one part each: a fact renamed across versions, newest first."""
+    return tuple((Part(s, scale),) for s in samples)
+
+
+MS = 1e-3
+US = 1e-6
+MB = 1e6  # SGLang's MB: decimal assumed (not verified upstream; see README)
+GB = 1e9
+BLOCK_SIZE = ("vllm:cache_config_info", "block_size")
+MOONCAKE_MASTER = ("master_", "valid_get_nums_", "total_get_nums_", "mem_cache_",
+                   "segment_")
+MOONCAKE_TENT = ("tent_",)
+
+F_KV = "kvscope_engine_kv_cache_usage_ratio"
+F_QUERY = "kvscope_engine_prefix_cache_query_tokens_total"
+F_HIT = "kvscope_engine_prefix_cache_hit_tokens_total"
+F_RATIO = "kvscope_engine_prefix_cache_hit_ratio"
+F_RUN = "kvscope_engine_requests_running"
+F_WAIT = "kvscope_engine_requests_waiting"
+F_PDQ = "kvscope_engine_pd_queue_requests"
+F_TTFT = "kvscope_engine_time_to_first_token_seconds"
+F_ITL = "kvscope_engine_inter_token_latency_seconds"
+F_E2E = "kvscope_engine_e2e_request_latency_seconds"
+F_XBYTES = "kvscope_engine_kv_transfer_bytes_total"
+F_XSEC = "kvscope_engine_kv_transfer_seconds_total"
+F_XFAIL = "kvscope_engine_kv_transfer_failures_total"
+F_XLAST = "kvscope_engine_kv_transfer_last_seconds"
+F_XSPEED = "kvscope_engine_kv_transfer_last_bytes_per_second"
+F_PROMPT = "kvscope_engine_prompt_tokens_total"
+F_GEN = "kvscope_engine_generation_tokens_total"
+F_REQ = "kvscope_engine_requests_total"
+F_PREEMPT = "kvscope_engine_preemptions_total"
+F_LOOKUPS = "kvscope_engine_kv_store_lookups_total"
+F_SHITS = "kvscope_engine_kv_store_hits_total"
+F_SUSED = "kvscope_engine_kv_store_used_bytes"
+F_SCAP = "kvscope_engine_kv_store_capacity_bytes"
+
+
+def _vllm() -> list[Rule]:
+    e = "vllm"
+    fail = [("nixl_num_failed_transfers", "transfer"), ("nixl_num_failed_notifications",
+            "notification"), ("nixl_num_kv_expired_reqs", "expired"),
+            ("nixl_num_notifications_after_expiry", "late_notification"),
+            ("mooncake_num_failed_transfers", "transfer"), ("mooncake_num_failed_recvs", "recv"),
+            ("mooncake_num_kv_expired_reqs", "expired")]
+    return [
+        # 0.9 renamed gpu_cache_usage_perc; both exist until 0.11 with the same value.
+        Rule(F_KV, e, _one("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), "max"),
+        # 0.8.x counted blocks under gpu_prefix_cache_*; 0.9 renamed them and counts tokens.
+        Rule(F_QUERY, e, ((_p("vllm:prefix_cache_queries_total"),),
+                          (_p("vllm:gpu_prefix_cache_queries_total", scale_by=BLOCK_SIZE),)),
+             pair=F_HIT),
+        Rule(F_HIT, e, ((_p("vllm:prefix_cache_hits_total"),),
+                        (_p("vllm:gpu_prefix_cache_hits_total", scale_by=BLOCK_SIZE),)),
+             pair=F_QUERY),
+        Rule(F_RATIO, e, ((_p("vllm:gpu_prefix_cache_hit_rate", const={"window": "recent"}),),),
+             "max", unless=F_HIT),
+        Rule(F_RUN, e, _one("vllm:num_requests_running")),
+        Rule(F_WAIT, e, _one("vllm:num_requests_waiting")),
+        Rule(F_PDQ, e, ((_p("vllm:num_requests_waiting_by_reason", where={"reason": "deferred"},
+                            const={"stage": "deferred"}),
+                         _p("vllm:num_requests_kv_fetch_by_stage", relabel=_kv_fetch_stage)),)),
+        Rule(F_TTFT, e, _one("vllm:time_to_first_token_seconds")),
+        # time_per_output_token_seconds was the per-interval histogram until 0.10 (= ITL).
+        Rule(F_ITL, e, _one("vllm:inter_token_latency_seconds",
+                            "vllm:time_per_output_token_seconds")),
+        Rule(F_E2E, e, _one("vllm:e2e_request_latency_seconds")),
+        Rule(F_XBYTES, e, ((_p("vllm:nixl_bytes_transferred_sum"),
+                            _p("vllm:mooncake_bytes_transferred_sum")),)),
+        Rule(F_XSEC, e, ((_p("vllm:nixl_xfer_time_seconds_sum"),
+                          _p("vllm:mooncake_xfer_time_seconds_sum")),)),
+        Rule(F_XFAIL, e, (tuple(_p(f"vllm:{n}_total", const={"kind": k}) for n, k in fail),)),
+        Rule(F_PROMPT, e, _one("vllm:prompt_tokens_total")),
+        Rule(F_GEN, e, _one("vllm:generation_tokens_total")),
+        Rule(F_REQ, e, ((_p("vllm:request_success_total", relabel=_outcome_vllm),),)),
+        Rule(F_PREEMPT, e, _one("vllm:num_preemptions_total")),
+    ]
+
+
+def _sglang() -> list[Rule]:
+    e = "sglang"
+    return [
+        Rule(F_KV, e, _one("sglang:token_usage"), "max"),
+        # Pairs by index: cached/prompt tokens per finished request, else the realtime split.
+        Rule(F_QUERY, e, ((_p("sglang:prompt_tokens_total"),),
+                          (_p("sglang:realtime_tokens_total", where={"mode": "prefill_cache"}),
+                           _p("sglang:realtime_tokens_total",
+                              where={"mode": "prefill_compute"}))), pair=F_HIT),
+        Rule(F_HIT, e, ((_p("sglang:cached_tokens_total"),),
+                        (_p("sglang:realtime_tokens_total", where={"mode": "prefill_cache"}),)),
+             pair=F_QUERY),
+        Rule(F_RATIO, e, ((_p("sglang:cache_hit_rate", const={"window": "last_batch"}),),),
+             "max", unless=F_HIT),
+        # v0.3 named the scheduler gauges num_requests_running / num_requests_waiting.
+        Rule(F_RUN, e, _one("sglang:num_running_reqs", "sglang:num_requests_running")),
+        Rule(F_WAIT, e, _one("sglang:num_queue_reqs", "sglang:num_requests_waiting")),
+        # The prefill bootstrap queue was exported as num_prefill_prealloc_queue_reqs before 2026.
+        Rule(F_PDQ, e, ((_p("sglang:num_prefill_bootstrap_queue_reqs",
+                            const={"stage": "bootstrap"}),),
+                        (_p("sglang:num_prefill_prealloc_queue_reqs",
+                            const={"stage": "bootstrap"}),))),
+        Rule(F_PDQ, e, ((_p("sglang:num_prefill_inflight_queue_reqs",
+                            const={"stage": "inflight"}),),)),
+        Rule(F_PDQ, e, ((_p("sglang:num_decode_prealloc_queue_reqs",
+                            const={"stage": "prealloc"}),),)),
+        Rule(F_PDQ, e, ((_p("sglang:num_decode_transfer_queue_reqs",
+                            const={"stage": "transfer"}),),)),
+        Rule(F_TTFT, e, _one("sglang:time_to_first_token_seconds")),
+        Rule(F_ITL, e, _one("sglang:inter_token_latency_seconds",
+                            "sglang:time_per_output_token_seconds")),
+        Rule(F_E2E, e, _one("sglang:e2e_request_latency_seconds")),
+        # kv_transfer_* are histograms in 2026 builds and gauges before, under the same names:
+        # the histogram's _sum feeds the counters, the bare gauge feeds the last-transfer gauges.
+        Rule(F_XBYTES, e, _one("sglang:kv_transfer_total_mb_sum", scale=MB)),
+        Rule(F_XSEC, e, _one("sglang:kv_transfer_latency_ms_sum", scale=MS)),
+        Rule(F_XLAST, e, _one("sglang:kv_transfer_latency_ms", scale=MS), "max"),
+        Rule(F_XSPEED, e, _one("sglang:kv_transfer_speed_gb_s", scale=GB), "max"),
+        Rule(F_XFAIL, e, ((_p("sglang:num_transfer_failed_reqs_total",
+                              const={"kind": "transfer"}),
+                           _p("sglang:num_bootstrap_failed_reqs_total",
+                              const={"kind": "bootstrap"})),)),
+        Rule(F_PROMPT, e, _one("sglang:prompt_tokens_total")),
+        Rule(F_GEN, e, _one("sglang:generation_tokens_total")),
+        # num_requests_total counts every finished request, aborted ones included.
+        Rule(F_REQ, e, ((_p("sglang:num_requests_total", const={"outcome": "success"}),
+                         _p("sglang:num_aborted_requests_total", -1.0,
+                            const={"outcome": "success"}),
+                         _p("sglang:num_aborted_requests_total", const={"outcome": "aborted"})),),
+             hold=True),
+        Rule(F_PREEMPT, e, _one("sglang:num_retracted_requests_total")),
+    ]
+
+
+def _lmdeploy() -> list[Rule]:
+    e = "lmdeploy"
+    return [
+        Rule(F_KV, e, _one("lmdeploy:gpu_cache_usage_perc"), "max"),
+        # request_prompt_tokens_sum counts all prompt tokens; prompt_tokens_total may count only
+        # computed ones under prefix caching, so it is not the denominator.
+        Rule(F_QUERY, e, _one("lmdeploy:request_prompt_tokens_sum"), pair=F_HIT),
+        Rule(F_HIT, e, _one("lmdeploy:cached_tokens_total"), pair=F_QUERY),
+        Rule(F_RATIO, e, ((_p("lmdeploy:prefix_cache_hit_rate", const={"window": "lifetime"}),),),
+             "max", unless=F_HIT),
+        Rule(F_RUN, e, _one("lmdeploy:num_requests_running")),
+        Rule(F_WAIT, e, _one("lmdeploy:num_requests_waiting")),
+        Rule(F_TTFT, e, _one("lmdeploy:time_to_first_token_seconds")),
+        Rule(F_ITL, e, _one("lmdeploy:iter_token_latency")),  # seconds, no _seconds suffix
+        Rule(F_E2E, e, _one("lmdeploy:e2e_request_latency_seconds")),
+        Rule(F_PROMPT, e, _one("lmdeploy:prompt_tokens_total")),
+        Rule(F_GEN, e, _one("lmdeploy:generation_tokens_total")),
+        Rule(F_REQ, e, ((_p("lmdeploy:request_success_total", relabel=_outcome_lmdeploy),),)),
+    ]
+
+
+def _tgi() -> list[Rule]:
+    e = "tgi"
+    # metrics-exporter-prometheus writes counters without `_total`; accept both spellings.
+    ok, fail = {"outcome": "success"}, {"outcome": "error"}
+    return [
+        Rule(F_RUN, e, _one("tgi_batch_current_size")),
+        Rule(F_WAIT, e, _one("tgi_queue_size")),
+        Rule(F_E2E, e, _one("tgi_request_duration")),
+        Rule(F_PROMPT, e, _one("tgi_request_input_length_sum")),
+        Rule(F_GEN, e, _one("tgi_request_generated_tokens_sum")),
+        Rule(F_REQ, e, ((_p("tgi_request_success", const=ok),
+                         _p("tgi_request_failure", const=fail)),
+                        (_p("tgi_request_success_total", const=ok),
+                         _p("tgi_request_failure_total", const=fail)))),
+    ]
+
+
+def _mooncake() -> list[Rule]:
+    e = "mooncake"
+    # yalantinglibs omits a metric that has never moved from zero: once any metric of the same
+    # component is present, an absent counter of that component is a zero, not a missing fact.
+    return [
+        Rule(F_LOOKUPS, e, _one("total_get_nums_"), zero_when=MOONCAKE_MASTER),
+        Rule(F_SHITS, e, _one("valid_get_nums_"), zero_when=MOONCAKE_MASTER),
+        Rule(F_SUSED, e, _one("master_allocated_bytes"), zero_when=MOONCAKE_MASTER),
+        Rule(F_SCAP, e, _one("master_total_capacity_bytes"), zero_when=MOONCAKE_MASTER),
+        Rule(F_XBYTES, e, ((_p("tent_read_bytes_total"), _p("tent_write_bytes_total")),
+                           (_p("mooncake_transfer_read_bytes"),
+                            _p("mooncake_transfer_write_bytes"))), zero_when=MOONCAKE_TENT),
+        Rule(F_XSEC, e, ((_p("tent_read_latency_us_sum", US), _p("tent_write_latency_us_sum", US)),
+                         tuple(_p(f"mooncake_transfer_{op}_latency_sum", US)
+                               for op in ("get", "put", "batch_get", "batch_put")))),
+        Rule(F_XFAIL, e, ((_p("tent_read_failures_total", const={"kind": "transfer"}),
+                           _p("tent_write_failures_total", const={"kind": "transfer"})),),
+             zero_when=MOONCAKE_TENT),
+    ]
+
+
+def _lmcache() -> list[Rule]:
+    e = "lmcache"
+    return [
+        Rule(F_QUERY, e, _one("lmcache:num_requested_tokens_total"), pair=F_HIT),
+        Rule(F_HIT, e, _one("lmcache:num_hit_tokens_total"), pair=F_QUERY),
+        Rule(F_RATIO, e, ((_p("lmcache:retrieve_hit_rate", const={"window": "since_last_log"}),),),
+             "max", unless=F_HIT),
+    ]
+
+
+def _nixl() -> list[Rule]:
+    e = "nixl"
+    return [
+        Rule(F_XBYTES, e, ((_p("agent_tx_bytes_total"), _p("agent_rx_bytes_total")),)),
+        Rule(F_XSEC, e, _one("agent_xfer_time_us_sum", "agent_xfer_time_total", scale=US)),
+        Rule(F_XFAIL, e, ((_p("agent_errors_total", const={"kind": "transfer"}),),)),
+    ]
+
+
+def _dynamo() -> list[Rule]:
+    e = "dynamo"
+    d = "dynamo_frontend_"
+    return [
+        Rule(F_KV, e, _one("dynamo_component_kvstats_gpu_cache_usage_percent"), "max"),
+        Rule(F_RUN, e, _one(f"{d}inflight_requests")),
+        Rule(F_WAIT, e, _one(f"{d}queued_requests")),
+        Rule(F_TTFT, e, _one(f"{d}time_to_first_token_seconds")),
+        Rule(F_ITL, e, _one(f"{d}inter_token_latency_seconds")),
+        Rule(F_E2E, e, _one(f"{d}request_duration_seconds")),
+        Rule(F_PROMPT, e, _one(f"{d}input_sequence_tokens_sum")),
+        Rule(F_GEN, e, _one(f"{d}output_tokens_total")),
+        Rule(F_REQ, e, ((_p(f"{d}requests_total", relabel=_outcome_dynamo),),)),
+    ]
+
+
+RULES: tuple[Rule, ...] = (*_vllm(), *_sglang(), *_lmdeploy(), *_tgi(), *_mooncake(),
+                           *_lmcache(), *_nixl(), *_dynamo())
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def _wanted() -> tuple[frozenset[str], frozenset[str]]:
+    """(every sample name the table reads, those that are cumulative and so accumulated)."""
+    keep: set[str] = set()
+    cumulative: set[str] = set()
+    for rule in RULES:
+        kind = FAMILIES[rule.family].kind
+        for alt in rule.alternatives:
+            for part in alt:
+                if kind == "histogram":
+                    names = {part.sample + s for s in HISTOGRAM_SUFFIXES}
+                    keep |= names
+                    cumulative |= names
+                else:
+                    keep.add(part.sample)
+                    if kind == "counter":
+                        cumulative.add(part.sample)
+                if part.scale_by is not None:
+                    keep.add(part.scale_by[0])
+    return frozenset(keep), frozenset(cumulative)
+
+
+KEEP, CUMULATIVE = _wanted()
+
+
+# ---- records ------------------------------------------------------------------------------
+
+LabelKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Value:
+    family: str
+    engine: str
+    labels: LabelKey  # output labels beyond the target's (stage, outcome, kind, window)
+    value: float
+    hold: bool = False
+
+
+@dataclass(frozen=True)
+class Histogram:
+    family: str
+    engine: str
+    labels: LabelKey
+    buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count), +Inf last
+    count: float
+    sum: float | None
+
+
+@dataclass(frozen=True)
+class Normalized:
+    engines: tuple[str, ...]  # detected, in ENGINES order
+    role: str | None  # from engine_type / worker_type, when the payload says
+    model: str | None  # first model label in the payload
+    values: tuple[Value, ...]
+    histograms: tuple[Histogram, ...]
+    variants: Mapping[str, str]  # engine -> which generation of its names was read
+
+
+def detect(names: set[str]) -> tuple[str, ...]:
+    """Engines whose metric-name prefixes occur in the payload, in ENGINES order."""
+    found = []
+    for engine in ENGINES:
+        prefixes = ENGINE_PREFIXES[engine]
+        if any(name.startswith(prefixes) for name in names):
+            found.append(engine)
+    return tuple(found)
+
+
+def _payload_role(expo: Exposition) -> str | None:
+    for samples in expo.samples.values():
+        labels = samples[0].labels  # a family's samples share their identity labels
+        for key, mapping in ROLE_LABELS.items():
+            role = mapping.get(labels.get(key, ""))
+            if role is not None and role != "both":
+                return role
+    return None
+
+
+def _payload_model(expo: Exposition, engines: tuple[str, ...]) -> str | None:
+    for engine in engines:
+        prefixes = ENGINE_PREFIXES[engine]
+        for name, samples in expo.samples.items():
+            if not name.startswith(prefixes):
+                continue
+            for s in samples:
+                for key in MODEL_LABELS:
+                    if s.labels.get(key):
+                        return s.labels[key]
+    return None
+
+
+def _prefer_aggregate(samples: list[Sample]) -> list[Sample]:
+    """SGLang with priority scheduling: keep priority="" when it exists, drop per-priority."""
+    if not any("priority" in s.labels for s in samples):
+        return samples
+    if any(s.labels.get("priority") == "" for s in samples):
+        return [s for s in samples if s.labels.get("priority", "") == ""]
+    return samples
+
+
+class _Reader:
+    """Applies the rules of one engine to one payload."""
+
+    def __init__(self, expo: Exposition, memo: dict[str, LabelKey] | None) -> None:
+        self.expo = expo
+        self._prefix_cache: dict[tuple[str, ...], bool] = {}
+        self._shards = memo if memo is not None else {}
+
+    def has_prefix(self, prefixes: tuple[str, ...]) -> bool:
+        hit = self._prefix_cache.get(prefixes)
+        if hit is None:
+            hit = any(n.startswith(prefixes) for n in self.expo.names)
+            self._prefix_cache[prefixes] = hit
+        return hit
+
+    def present(self, part: Part, histogram: bool) -> bool:
+        name = part.sample + "_bucket" if histogram else part.sample
+        return bool(self.expo.get(name))
+
+    def pick(self, rule: Rule, histogram: bool) -> int | None:
+        for i, alt in enumerate(rule.alternatives):
+            if any(self.present(p, histogram) for p in alt):
+                return i
+        if rule.zero_when and self.has_prefix(rule.zero_when):
+            return 0
+        return None
+
+    def scale(self, part: Part) -> float | None:
+        if part.scale_by is None:
+            return part.scale
+        info_name, label = part.scale_by
+        for s in self.expo.get(info_name):
+            try:
+                return part.scale * float(s.labels.get(label, ""))
+            except ValueError:
+                return None
+        return None
+
+    def rows(self, part: Part, name: str) -> tuple[bool, list[tuple[LabelKey, LabelKey, Sample]]]:
+        """(ranks repeat?, [(output labels, shard key, sample)]) for the samples of `name` this
+        part accepts. The shard key (labels minus rank labels) is only built when ranks repeat.
+        """
+        samples = self.expo.get(name)
+        if not samples:
+            return False, []
+        first = samples[0].labels
+        if "priority" in first:
+            samples = _prefer_aggregate(samples)
+        ranked = not DUPLICATE_LABELS.isdisjoint(first)
+        const = tuple(sorted(part.const.items())) if part.const else ()
+        simple = not part.where and part.relabel is None
+        out = []
+        for s in samples:
+            extra = const
+            if not simple:
+                if any(s.labels.get(k) != v for k, v in part.where.items()):
+                    continue
+                if part.relabel is not None:
+                    more = part.relabel(s.labels)
+                    if more is None:
+                        continue
+                    extra = tuple(sorted({**part.const, **more}.items()))
+            out.append((extra, self.shard(s) if ranked else (), s))
+        return ranked, out
+
+    def shard(self, s: Sample) -> LabelKey:
+        key = self._shards.get(s.series) if s.series else None
+        if key is None:
+            key = tuple(sorted((k, v) for k, v in s.labels.items()
+                               if k not in DUPLICATE_LABELS and k != "le"))
+            if s.series:
+                self._shards[s.series] = key
+        return key
+
+
+def _combine(totals: dict[LabelKey, float], out: LabelKey, value: float, reduce: str) -> None:
+    if out not in totals:
+        totals[out] = value
+    elif reduce == "max":
+        totals[out] = max(totals[out], value)
+    else:
+        totals[out] += value
+
+
+def _reduce_values(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> dict[LabelKey, float]:
+    totals: dict[LabelKey, float] = {}
+    zero = bool(rule.zero_when) and reader.has_prefix(rule.zero_when)
+    for part in alt:
+        scale = reader.scale(part)
+        if scale is None:
+            continue
+        ranked, rows = reader.rows(part, part.sample)
+        if not rows and zero:
+            key = tuple(sorted(part.const.items()))
+            totals[key] = totals.get(key, 0.0)
+            continue
+        if not ranked:
+            for out, _, s in rows:
+                _combine(totals, out, s.value * scale, rule.reduce)
+            continue
+        # Ranks repeat a value: max within (output labels, shard); then combine shards.
+        per_shard: dict[tuple[LabelKey, LabelKey], float] = {}
+        for out, shard, s in rows:
+            k = (out, shard)
+            per_shard[k] = max(per_shard.get(k, s.value), s.value)
+        for (out, _), value in per_shard.items():
+            _combine(totals, out, value * scale, rule.reduce)
+    return totals
+
+
+def _reduce_histograms(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> list[Histogram]:
+    # per output labels: bound -> count, plus _count and _sum; ranks: max; shards: sum.
+    buckets: dict[LabelKey, dict[float, float]] = {}
+    counts: dict[LabelKey, float] = {}
+    sums: dict[LabelKey, float] = {}
+    for part in alt:
+        for suffix in HISTOGRAM_SUFFIXES:
+            cells = _histogram_cells(*reader.rows(part, part.sample + suffix), suffix)
+            for (out, bound), value in cells.items():
+                if suffix == "_bucket":
+                    row = buckets.setdefault(out, {})
+                    row[bound] = row.get(bound, 0.0) + value
+                elif suffix == "_count":
+                    counts[out] = counts.get(out, 0.0) + value
+                else:
+                    sums[out] = sums.get(out, 0.0) + value
+    out_list = []
+    for out, row in buckets.items():
+        inf = float("inf")
+        count = counts.get(out, row.get(inf))
+        if count is None:
+            continue  # neither +Inf nor _count: the total is unknown
+        row.setdefault(inf, count)  # some samples elide +Inf; _count is the same number
+        ordered = tuple(sorted(row.items()))
+        out_list.append(Histogram(rule.family, rule.engine, out, ordered, count, sums.get(out)))
+    return out_list
+
+
+def _histogram_cells(ranked: bool, rows: list[tuple[LabelKey, LabelKey, Sample]],
+                     suffix: str) -> dict[tuple[LabelKey, float], float]:
+    """(output labels, bound) -> value for one suffix; ranks repeat (max), shards add up."""
+    cells: dict[tuple[LabelKey, float], float] = {}
+    if not ranked:
+        for out, _, s in rows:
+            bound = _bound(s, suffix)
+            if bound is not None:
+                cells[(out, bound)] = cells.get((out, bound), 0.0) + s.value
+        return cells
+    per: dict[tuple[LabelKey, LabelKey, float], float] = {}
+    for out, shard, s in rows:
+        bound = _bound(s, suffix)
+        if bound is not None:
+            k = (out, shard, bound)
+            per[k] = max(per.get(k, s.value), s.value)
+    for (out, _, bound), value in per.items():
+        cells[(out, bound)] = cells.get((out, bound), 0.0) + value
+    return cells
+
+
+def _bound(s: Sample, suffix: str) -> float | None:
+    if suffix != "_bucket":
+        return 0.0
+    return s.le if s.le is not None else le_bound(s.labels)
+
+
+def _vllm_variant(names: set[str]) -> str:
+    if "vllm:gpu_prefix_cache_queries_total" in names:
+        return "v1-0.8"
+    v0_only = ("vllm:gpu_prefix_cache_hit_rate", "vllm:num_requests_swapped",
+               "vllm:cpu_cache_usage_perc")
+    return "v0" if any(n in names for n in v0_only) else "v1"
+
+
+def _sglang_variant(names: set[str]) -> str:
+    if any(n.startswith("sglang:kv_transfer_") and n.endswith("_count") for n in names) \
+            or "sglang:num_prefill_bootstrap_queue_reqs" in names:
+        return "pd-histogram"
+    if "sglang:kv_transfer_latency_ms" in names or \
+            "sglang:num_prefill_prealloc_queue_reqs" in names:
+        return "pd-gauge"
+    if "sglang:num_decode_transfer_queue_reqs" in names:
+        return "pd"
+    return "v0.3" if "sglang:num_requests_running" in names else "unified"
+
+
+def _mooncake_variant(names: set[str]) -> str:
+    parts = [p for p, pre in (("master", MOONCAKE_MASTER), ("tent", MOONCAKE_TENT),
+                              ("client", ("mooncake_",)))
+             if any(n.startswith(pre) for n in names)]
+    return "+".join(parts) or "empty"
+
+
+_VARIANTS: Mapping[str, Callable[[set[str]], str]] = {
+    "vllm": _vllm_variant, "sglang": _sglang_variant, "mooncake": _mooncake_variant}
+
+
+def _variant(engine: str, names: set[str]) -> str:
+    """A short name for the generation of an engine's metric names (for kvscope_engine_info)."""
+    pick = _VARIANTS.get(engine)
+    return pick(names) if pick is not None else "current"
+
+
+def normalize(expo: Exposition, engine_hint: str | None = None,
+              memo: dict[str, LabelKey] | None = None) -> Normalized:
+    """Apply the table to one payload. `engine_hint` (the target's configured engine) only
+    matters for an empty payload, which then still counts as that engine. `memo` (series ->
+    shard labels) may be kept per target between calls to save recomputing them."""
+    engines = detect(expo.names)
+    if not engines and not expo.names and engine_hint in ENGINES:
+        engines = (engine_hint,)
+    reader = _Reader(expo, memo)
+    values: list[Value] = []
+    histograms: list[Histogram] = []
+    for engine in engines:
+        rules = [r for r in RULES if r.engine == engine]
+        chosen = {id(r): reader.pick(r, FAMILIES[r.family].kind == "histogram") for r in rules}
+        _align_pairs(rules, reader, chosen)
+        produced: set[str] = set()
+        for rule in rules:
+            index = chosen[id(rule)]
+            if index is None or rule.unless is not None:
+                continue
+            alt = rule.alternatives[index]
+            if FAMILIES[rule.family].kind == "histogram":
+                hs = _reduce_histograms(rule, reader, alt)
+                histograms.extend(hs)
+                produced |= {h.family for h in hs}
+            else:
+                for labels, value in _reduce_values(rule, reader, alt).items():
+                    values.append(Value(rule.family, engine, labels, value, rule.hold))
+                    produced.add(rule.family)
+        for rule in rules:  # gauges that stand in for counters the engine lacks
+            index = chosen[id(rule)]
+            if index is None or rule.unless is None or rule.unless in produced:
+                continue
+            for labels, value in _reduce_values(rule, reader, rule.alternatives[index]).items():
+                values.append(Value(rule.family, engine, labels, value))
+    return Normalized(engines, _payload_role(expo), _payload_model(expo, engines),
+                      tuple(values), tuple(histograms),
+                      {e: _variant(e, expo.names) for e in engines})
+
+
+def _align_pairs(rules: list[Rule], reader: _Reader, chosen: dict[int, int | None]) -> None:
+    """Counter pairs (query, hit) must come from the same generation of names, or not at all."""
+    by_family = {r.family: r for r in rules if r.pair is not None}
+    for rule in by_family.values():
+        partner = by_family.get(rule.pair or "")
+        if partner is None:
+            chosen[id(rule)] = None
+            continue
+        common = None
+        for i in range(min(len(rule.alternatives), len(partner.alternatives))):
+            if all(any(reader.present(p, False) for p in r.alternatives[i])
+                   for r in (rule, partner)):
+                common = i
+                break
+        chosen[id(rule)] = common
+        chosen[id(partner)] = common
