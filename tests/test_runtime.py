@@ -157,3 +157,35 @@ async def test_openmetrics_types_dcgm_counters_unknown() -> None:
 
     names = {f.name for f in text_string_to_metric_families(om)}  # parses: valid OpenMetrics
     assert "DCGM_FI_DEV_GPU_UTIL" in names
+
+
+class Counting(Collector):
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def schedules(self) -> dict[Tier, Schedule]:
+        return {Tier.FAST: Schedule(0.1, 1)}
+
+    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+        self.polls += 1
+        return [gauge("polls", "How many polls so far.").add({}, self.polls).metric]
+
+
+async def test_running_agent_renders_after_polls_not_during_scrapes() -> None:
+    collector = Counting()
+    runtime = Runtime([collector])
+    runtime.render_delay = 0.01
+    await runtime.start()
+    try:
+        await asyncio.sleep(0.5)
+        renders = runtime.renders
+        bodies = [runtime.exposition() for _ in range(100)]  # one loop tick: no poll between
+        assert runtime.renders == renders  # served the finished background render
+        value = parse(bodies[-1])["polls"][0][1]
+        assert 1 < value <= collector.polls  # fresh within a poll
+        await asyncio.sleep(0.3)
+        assert parse(runtime.exposition())["polls"][0][1] > value  # and it keeps moving
+    finally:
+        await runtime.stop()

@@ -152,6 +152,12 @@ class _Rendered:
         self._bodies: dict[tuple[bool, bool], bytes] = {}
         self.renders = 0
 
+    def prepare(self, wanted: set[tuple[bool, bool]]) -> _Rendered:
+        """Render every wanted (openmetrics, gzip) body now; runs in a worker thread."""
+        for openmetrics, gzip_ok in sorted(wanted):
+            self.body(openmetrics, gzip_ok)
+        return self
+
     def body(self, openmetrics: bool, gzip_ok: bool) -> bytes:
         cached = self._bodies.get((openmetrics, gzip_ok))
         if cached is not None:
@@ -191,6 +197,12 @@ class Runtime:
         self._rendered: _Rendered | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.render_count = 0
+        # Once the poll loops run, bodies are rendered after each change, in a thread, and a
+        # scrape serves the newest finished render: it never waits for rendering.
+        self._eager = False
+        self._render_task: asyncio.Task[None] | None = None
+        self._wanted: set[tuple[bool, bool]] = {(False, False)}
+        self.render_delay = 0.05  # coalesces tiers finishing together into one render
 
     # ---- polling -------------------------------------------------------------------------
 
@@ -235,6 +247,23 @@ class Runtime:
                            and list(previous.families) == list(snap.families))
         if not unchanged_event:
             self._version += 1
+            if self._eager and self._render_task is None:
+                self._render_task = asyncio.create_task(self._render_in_background())
+
+    async def _render_in_background(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.render_delay)
+                key = (self._version, self._stale_keys(self._clock()))
+                rendered = _Rendered(key, self.families())
+                await asyncio.to_thread(rendered.prepare, set(self._wanted))
+                if self._rendered is not None:
+                    self.render_count += self._rendered.renders
+                self._rendered = rendered
+                if self._version == key[0]:
+                    return  # nothing changed while rendering
+        finally:
+            self._render_task = None
 
     async def _tier_loop(self, collector: Collector, tier: Tier) -> None:
         sched = self._tiers[(collector.name, tier)].schedule
@@ -256,6 +285,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Take the static snapshots, then start every tier's loop in the background."""
+        self._eager = True
         await self._poll_tiers({Tier.STATIC})
         for c in self.collectors:
             for tier in c.schedules():
@@ -271,6 +301,9 @@ class Runtime:
         await self._tier_loop(collector, tier)
 
     async def stop(self) -> None:
+        self._eager = False
+        if self._render_task is not None:
+            self._tasks.append(self._render_task)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -356,12 +389,17 @@ class Runtime:
 
     def exposition(self, *, openmetrics: bool = False, gzip_ok: bool = False) -> bytes:
         """Bytes for one scrape, rendered at most once per change of snapshots or staleness."""
-        key = (self._version, self._stale_keys(self._clock()))
-        if self._rendered is None or self._rendered.key != key:
-            if self._rendered is not None:
-                self.render_count += self._rendered.renders
-            self._rendered = _Rendered(key, self.families())
-        return self._rendered.body(openmetrics, gzip_ok)
+        self._wanted.add((openmetrics, gzip_ok))
+        stale = self._stale_keys(self._clock())
+        current = self._rendered
+        outdated = current is None or current.key[1] != stale or (
+            current.key[0] != self._version and not self._eager)
+        if outdated:
+            if current is not None:
+                self.render_count += current.renders
+            current = self._rendered = _Rendered((self._version, stale), self.families())
+        assert current is not None
+        return current.body(openmetrics, gzip_ok)
 
     @property
     def renders(self) -> int:
