@@ -28,7 +28,7 @@ from kvscope.sim.node import SimNode
 from kvscope.sim.scenarios import DEFAULT_EQUIPMENT, Scenario, SimOptions, _node, register
 from kvscope.sim.verbs import fake_pyverbs
 
-REFRESH = 0.5  # seconds between rewrites of the moving sysfs values
+REFRESH = 2.5  # seconds between rewrites of the moving sysfs values (half the fast cadence)
 MLX5_LIMITS = {"max_qp": 131072, "max_qp_wr": 32768, "max_sge": 30, "max_cq": 16777216,
                "max_cqe": 4194303, "max_mr": 16777216, "max_pd": 16777216, "max_qp_rd_atom": 16}
 # erdma_query_device(): max_qp = 1024 * qblocks - 1, max_cq = 2 * max_qp - 1, max_mr = 2 * max_qp;
