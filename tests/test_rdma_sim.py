@@ -8,6 +8,7 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import kvscope.sim.rdma as sim_rdma
 from kvscope import doctor
 from kvscope.app import build_context, collect_once, start_sim_services
 from kvscope.config import load
@@ -72,7 +73,7 @@ async def test_tree_is_rewritten_while_serving() -> None:
         data = Path(ctx.config.paths.sysfs) / "class/infiniband/mlx5_0/ports/1/counters"
         before = int((data / "port_xmit_data").read_text())
         clock.now += 5
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(sim_rdma.REFRESH + 0.3)
         assert int((data / "port_xmit_data").read_text()) > before
     assert not data.exists()  # the temporary tree is removed with the services
 
