@@ -63,9 +63,8 @@ class NaiveNvmlCollector(Collector):
 def main() -> None:
     port = int(sys.argv[1])
     if "--sim" in sys.argv:
-        from kvscope.sim.scenarios import build_scenario
-
         from kvscope.sim.nvml import FakeNvml
+        from kvscope.sim.scenarios import build_scenario
 
         lib: Any = FakeNvml(build_scenario("healthy"))
     else:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import socket
-
 import subprocess
 import sys
 import tempfile
@@ -158,9 +157,10 @@ def main() -> None:
             one = asyncio.run(latencies(s.url, 1, args.requests))
             many = asyncio.run(latencies(s.url, 32, args.per_worker))
             rss = procs[s.name].memory_info().rss / 2**20
+            uss = procs[s.name].memory_full_info().uss / 2**20
             size = len(urllib.request.urlopen(s.url).read())
             rows.append((s.name, pct(one, .5), pct(one, .99), pct(many, .5), pct(many, .99),
-                         rss, cpu[s.name], size))
+                         rss, uss, cpu[s.name], size))
     finally:
         for s in servers:
             s.stop()
@@ -174,12 +174,13 @@ def main() -> None:
              f"{args.requests} scrapes at concurrency 1, 32 x {args.per_worker} at 32; idle CPU "
              f"over {args.idle:.0f} s at default cadence.", "",
              "| server | p50 @1 (ms) | p99 @1 (ms) | p50 @32 (ms) | p99 @32 (ms) | p99 @32 / floor"
-             " | naive p99 @32 / this | RSS (MiB) | idle CPU (% of a core) | body (bytes) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, p50_1, p99_1, p50_32, p99_32, rss, idle, size in rows:
+             " | naive p99 @32 / this | RSS (MiB) | USS (MiB) | idle CPU (% of a core) |"
+             " body (bytes) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, p50_1, p99_1, p50_32, p99_32, rss, uss, idle, size in rows:
         lines.append(f"| {name} | {p50_1:.2f} | {p99_1:.2f} | {p50_32:.2f} | {p99_32:.2f} | "
                      f"{p99_32 / floor_p99:.2f}x | {naive_p99 / p99_32:.1f}x | {rss:.1f} | "
-                     f"{idle:.2f} | {size} |")
+                     f"{uss:.1f} | {idle:.2f} | {size} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

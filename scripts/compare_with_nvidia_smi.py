@@ -210,6 +210,33 @@ async def load_checks(agent: KvscopeGpu) -> None:
               f"{get('DCGM_FI_PROF_SM_OCCUPANCY')} | {get('DCGM_FI_PROF_PIPE_TENSOR_ACTIVE')} | "
               f"{get('DCGM_FI_PROF_DRAM_ACTIVE')} |")
 
+    await pcie_checks(agent)
+
+
+async def pcie_checks(agent: KvscopeGpu) -> None:
+    import pynvml
+    import torch
+
+    print("\n## GPM PCIe throughput (DCGM_FI_PROF_PCIE_RX_BYTES) while copying host -> GPU 0")
+    host = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
+    dev = torch.empty(1 << 30, dtype=torch.uint8, device="cuda:0")
+    await agent.poll("fast")  # opens the window
+    opened = time.monotonic()
+    copied = 0
+    while time.monotonic() - opened < 4.0:
+        dev.copy_(host)
+        torch.cuda.synchronize(0)
+        copied += host.numel()
+    await asyncio.sleep(1.0)  # an idle second inside the window: the average must include it
+    series = await agent.poll("fast")
+    window = time.monotonic() - opened
+    rx = series.get("DCGM_FI_PROF_PCIE_RX_BYTES", {}).get("0", (None, None))[1]
+    tx = series.get("DCGM_FI_PROF_PCIE_TX_BYTES", {}).get("0", (None, None))[1]
+    expected = copied / window
+    ratio = f"{rx / expected:.3f}" if rx else "n/a"
+    print(f"copied {copied} bytes in a {window:.2f} s window: {expected:.4g} B/s on average; "
+          f"kvscope RX {rx} B/s (ratio {ratio}), TX {tx} B/s")
+
     print("\n## PCIe byte counters (NVML fields 197 TX / 198 RX) while copying host -> GPU 0")
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
 
@@ -217,8 +244,6 @@ async def load_checks(agent: KvscopeGpu) -> None:
         tx, rx = pynvml.nvmlDeviceGetFieldValues(handle, [197, 198])
         return int(tx.value.ullVal), int(rx.value.ullVal)
 
-    host = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
-    dev = torch.empty(1 << 30, dtype=torch.uint8, device="cuda:0")
     samples = [(time.monotonic(), *read())]
     copied = 0
     for _ in range(12):

@@ -135,6 +135,10 @@ async def test_gpm_ratios_need_a_real_window() -> None:
     assert sm["0"] == pytest.approx(0.98 * 0.82, abs=0.02)
     assert sm["0"] > sm["7"]
     assert all(0 <= v <= 1 for v in sm.values())
+    # PCIe throughput from GPM MiB/s, exported in bytes/s under DCGM's profiling name.
+    rx = by_gpu(second["DCGM_FI_PROF_PCIE_RX_BYTES"])
+    assert rx["0"] == pytest.approx((900 + 80 * 98) * 1024 * 1024, rel=0.02)
+    assert "kvscope_gpu_pcie_receive_bytes_total" not in second  # 32-bit NVML fields unused
 
 
 async def test_clock_event_reasons_split_per_reason() -> None:

@@ -56,6 +56,10 @@ def _watts(v: float) -> float:
     return v / 1000.0
 
 
+def _mib_to_bytes(v: float) -> float:
+    return v * MIB
+
+
 def _ratio(v: float) -> float:
     return v / 100.0
 
@@ -103,11 +107,6 @@ FAST_SPECS: tuple[Spec, ...] = (
     Spec("kvscope_gpu_compute_processes", "gauge",
          "Compute processes holding a context on the GPU. NVML ComputeRunningProcesses.",
          "compute_processes"),
-    Spec("kvscope_gpu_pcie_transmit_bytes_total", "counter",
-         "Bytes the GPU sent over PCIe. NVML field 197 (PCIE_COUNT_TX_BYTES).", "pcie_tx_bytes"),
-    Spec("kvscope_gpu_pcie_receive_bytes_total", "counter",
-         "Bytes the GPU received over PCIe. NVML field 198 (PCIE_COUNT_RX_BYTES).",
-         "pcie_rx_bytes"),
     # Hopper+ profiling ratios from NVML GPM, one fast poll apart (dcgm-exporter needs DCGM's
     # profiling module for these). They tell a busy GPU from one that merely has a kernel resident.
     Spec("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge",
@@ -125,6 +124,12 @@ FAST_SPECS: tuple[Spec, ...] = (
     Spec("DCGM_FI_PROF_DRAM_ACTIVE", "gauge",
          "Ratio of cycles the memory interface was busy (0-1). NVML GPM DRAM_BW_UTIL.",
          "gpm_dram_bw_util", _ratio),
+    Spec("DCGM_FI_PROF_PCIE_TX_BYTES", "gauge",
+         "PCIe transmit rate (bytes/s) averaged over one fast poll. NVML GPM PCIE_TX_PER_SEC.",
+         "gpm_pcie_tx_mibps", _mib_to_bytes),
+    Spec("DCGM_FI_PROF_PCIE_RX_BYTES", "gauge",
+         "PCIe receive rate (bytes/s) averaged over one fast poll. NVML GPM PCIE_RX_PER_SEC.",
+         "gpm_pcie_rx_mibps", _mib_to_bytes),
 )
 
 SLOW_SPECS: tuple[Spec, ...] = (

@@ -158,7 +158,3 @@ class SimNode:
         usable = total - reserved
         used = int(usable * gpu.fb_used_ratio) // MIB * MIB
         return total, reserved, used, usable - used
-
-    def pcie_bytes(self, gpu: SimGpu) -> tuple[int, int]:
-        t = self.elapsed()
-        return int(2.1e9 + 6.0e8 * t * (1 + gpu.index / 8)), int(1.4e9 + 9.0e8 * t)

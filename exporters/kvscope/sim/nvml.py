@@ -290,9 +290,6 @@ class FakeNvml:
             return NOT_SUPPORTED, 0
         if field_id == 82:  # NVML_FI_DEV_MEMORY_TEMP
             return 0, self.node.memory_temperature_c(gpu)
-        if field_id in (197, 198):  # PCIE_COUNT_TX/RX_BYTES
-            tx, rx = self.node.pcie_bytes(gpu)
-            return 0, tx if field_id == 197 else rx
         if field_id in NVLINK_FIELDS:
             return self._nvlink_field(gpu, field_id, scope_id)
         return NOT_SUPPORTED, 0
@@ -480,7 +477,9 @@ class FakeNvml:
         gpu: SimGpu = request.sample2.gpu
         util = self.node.util(gpu)
         # Ratios of a busy inference GPU: SM activity trails the utilisation counter.
-        model = {1: util * 0.95, 2: util * 0.82, 3: util * 0.30, 5: util * 0.55, 10: util * 0.48}
+        model = {1: util * 0.95, 2: util * 0.82, 3: util * 0.30, 5: util * 0.55, 10: util * 0.48,
+                 # PCIe MiB/s: prefill ranks pull weights and inputs, decode ranks far less.
+                 20: 600.0 + 45.0 * util, 21: 900.0 + 80.0 * util}
         for slot in range(request.numMetrics):
             metric = request.metrics[slot]
             metric.value = model.get(metric.metricId, float("nan"))

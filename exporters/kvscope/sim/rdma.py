@@ -345,14 +345,19 @@ def erdma_devices() -> list[SimRdmaDevice]:
 
 
 def equip_rdma(node: SimNode, opts: SimOptions) -> None:
+    node.rdma = SimRdma(node, devices=mlx5_ib_devices())
+
+
+def place_on_topology(node: SimNode, rdma: SimRdma) -> None:
+    """Put each NIC where the topology model's PCI tree has it, so GPU-NIC affinity and the RDMA
+    device files agree. Done when the files are written, after every simulator equipped the
+    node, whatever order their modules were imported in."""
     from kvscope.sim.topology import nic_pci_path
 
-    devices = mlx5_ib_devices()
-    for dev in devices:
-        placed = nic_pci_path(node, dev.name)  # same PCI place as the topology model's NIC
+    for dev in rdma.devices:
+        placed = nic_pci_path(node, dev.name)
         if placed is not None:
             dev.pci, dev.numa_node = placed
-    node.rdma = SimRdma(node, devices=devices)
 
 
 def use_erdma(node: SimNode) -> SimRdma:
@@ -427,6 +432,7 @@ async def start_rdma(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
     rdma: SimRdma | None = node.rdma
     if rdma is None:
         return {}
+    place_on_topology(node, rdma)
     root = services.shared_root(node, stack)
     await asyncio.to_thread(rdma.write_static, root)
     await asyncio.to_thread(rdma.write_dynamic, root)

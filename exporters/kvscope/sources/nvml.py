@@ -30,8 +30,6 @@ NVML_CLOCK_SM = 1
 NVML_CLOCK_MEM = 2
 NVML_TEMPERATURE_GPU = 0
 NVML_FI_DEV_MEMORY_TEMP = 82
-NVML_FI_DEV_PCIE_COUNT_TX_BYTES = 197
-NVML_FI_DEV_PCIE_COUNT_RX_BYTES = 198
 NVML_EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
 NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
 NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
@@ -48,6 +46,8 @@ GPM_METRICS: Mapping[int, str] = {
     3: "gpm_sm_occupancy",  # NVML_GPM_METRIC_SM_OCCUPANCY      ~ DCGM_FI_PROF_SM_OCCUPANCY
     5: "gpm_any_tensor_util",  # NVML_GPM_METRIC_ANY_TENSOR_UTIL ~ DCGM_FI_PROF_PIPE_TENSOR_ACTIVE
     10: "gpm_dram_bw_util",  # NVML_GPM_METRIC_DRAM_BW_UTIL     ~ DCGM_FI_PROF_DRAM_ACTIVE
+    20: "gpm_pcie_tx_mibps",  # NVML_GPM_METRIC_PCIE_TX_PER_SEC  ~ DCGM_FI_PROF_PCIE_TX_BYTES
+    21: "gpm_pcie_rx_mibps",  # NVML_GPM_METRIC_PCIE_RX_PER_SEC  ~ DCGM_FI_PROF_PCIE_RX_BYTES
 }
 
 
@@ -149,11 +149,6 @@ def _memory_temp(lib: Any, h: Any) -> dict[str, float]:
     return _field_values(lib, h, {NVML_FI_DEV_MEMORY_TEMP: "memory_temp"})
 
 
-def _pcie_bytes(lib: Any, h: Any) -> dict[str, float]:
-    return _field_values(lib, h, {NVML_FI_DEV_PCIE_COUNT_TX_BYTES: "pcie_tx_bytes",
-                                  NVML_FI_DEV_PCIE_COUNT_RX_BYTES: "pcie_rx_bytes"})
-
-
 def _power(lib: Any, h: Any) -> dict[str, float]:
     return {"power_mw": lib.nvmlDeviceGetPowerUsage(h)}
 
@@ -212,8 +207,11 @@ FAST_READERS: Mapping[str, Reader] = {
     "utilization": _utilization, "encoder": _encoder, "decoder": _decoder, "clocks": _clocks,
     "temperature": _temperature, "memory_temp": _memory_temp, "power": _power,
     "power_limit": _power_limit, "memory": _memory, "clock_events": _clock_events,
-    "processes": _processes, "pcie_link": _pcie_link, "pcie_bytes": _pcie_bytes,
+    "processes": _processes, "pcie_link": _pcie_link,
 }
+# Not read: NVML fields 197/198 (PCIE_COUNT_TX/RX_BYTES). Measured on H200 (driver 580.159.04)
+# they are 32-bit and wrap every 4 GiB, i.e. every ~80 ms at PCIe Gen5 line rate, so no poll
+# cadence an agent can afford unwraps them. PCIe throughput comes from GPM (metrics 20/21).
 # Slow calls: energy 3-15 ms per GPU, PCIe replay 0.18 ms, ECC 4 calls.
 SLOW_READERS: Mapping[str, Reader] = {
     "energy": _energy, "pcie_replay": _pcie_replay, "remapped_rows": _remapped_rows,
