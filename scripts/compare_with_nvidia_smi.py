@@ -184,8 +184,6 @@ def _matmul_load(stop: threading.Event) -> None:
 
 
 async def load_checks(agent: KvscopeGpu) -> None:
-    import pynvml
-    import torch
 
     print("\n## GPM ratios under a bf16 matmul loop on GPU 0 (5 s window)")
     stop = threading.Event()
