@@ -110,6 +110,7 @@ async def agent(ports: list[int], cycles: int, seconds: float) -> dict[str, Any]
                              {"url": f"http://127.0.0.1:{p}/metrics"} for p in ports]})
     collector = EnginesCollector(NodeContext(config=config))
     runtime = Runtime([collector])
+    runtime.background_render = True  # as in a running agent (Runtime.start sets it)
     runner = web.AppRunner(build_app(runtime), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

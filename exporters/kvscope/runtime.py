@@ -197,9 +197,9 @@ class Runtime:
         self._rendered: _Rendered | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.render_count = 0
-        # Once the poll loops run, bodies are rendered after each change, in a thread, and a
-        # scrape serves the newest finished render: it never waits for rendering.
-        self._eager = False
+        # Once the poll loops run (start() sets it), bodies are rendered after each change, in a
+        # thread, and a scrape serves the newest finished render: it never waits for rendering.
+        self.background_render = False
         self._render_task: asyncio.Task[None] | None = None
         self._wanted: set[tuple[bool, bool]] = {(False, False)}
         self.render_delay = 0.05  # coalesces tiers finishing together into one render
@@ -247,7 +247,7 @@ class Runtime:
                            and list(previous.families) == list(snap.families))
         if not unchanged_event:
             self._version += 1
-            if self._eager and self._render_task is None:
+            if self.background_render and self._render_task is None:
                 self._render_task = asyncio.create_task(self._render_in_background())
 
     async def _render_in_background(self) -> None:
@@ -285,7 +285,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Take the static snapshots, then start every tier's loop in the background."""
-        self._eager = True
+        self.background_render = True
         await self._poll_tiers({Tier.STATIC})
         for c in self.collectors:
             for tier in c.schedules():
@@ -301,7 +301,7 @@ class Runtime:
         await self._tier_loop(collector, tier)
 
     async def stop(self) -> None:
-        self._eager = False
+        self.background_render = False
         if self._render_task is not None:
             self._tasks.append(self._render_task)
         for task in self._tasks:
@@ -393,7 +393,7 @@ class Runtime:
         stale = self._stale_keys(self._clock())
         current = self._rendered
         outdated = current is None or current.key[1] != stale or (
-            current.key[0] != self._version and not self._eager)
+            current.key[0] != self._version and not self.background_render)
         if outdated:
             if current is not None:
                 self.render_count += current.renders
