@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -46,8 +47,11 @@ class Agent:
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Agent:
+        # stderr goes to a file, not a pipe: an agent that logs a lot must never block on a
+        # full pipe that nobody reads while the test is busy scraping it.
+        self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "kvscope.cli", *self.args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     stdout=subprocess.DEVNULL, stderr=self._log, text=True,
                                      env=_env(), cwd=REPO)
         self.wait_listening()
         return self
@@ -57,7 +61,7 @@ class Agent:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+                raise AssertionError(f"agent exited: {self.stderr()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
@@ -82,17 +86,23 @@ class Agent:
             time.sleep(0.2)
         raise AssertionError("agent never became ready")
 
+    def stderr(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
+
     def terminate(self, timeout: float = 10) -> tuple[int, str]:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
-        return self.proc.returncode, err
+        return self.proc.returncode, self.stderr()
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
+        if self.proc is not None:
+            self._log.close()

@@ -209,7 +209,9 @@ def test_demo_serves_the_unusable_pair_over_http() -> None:
                 time.sleep(0.2)
     finally:
         demo.send_signal(signal.SIGTERM)
-        demo.wait(timeout=15)
+        # communicate, not wait: it drains stderr, so a chatty agent cannot block on a full pipe
+        _, stderr = demo.communicate(timeout=15)
+    assert demo.returncode == 0, stderr[-2000:]
     assert 'path="NV18"' in body
     assert 'reason="peer_gpus_not_visible"} 0.0' in body
     assert demo.returncode == 0
