@@ -21,3 +21,12 @@ class NodeContext:
     gpu_pods: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # UUID -> pod labels
     topology: Any = None  # kvscope.topology_model.NodeTopology, set by the topology collector
     oneshot: bool = False  # `kvscope collect`: event tiers drain without waiting
+
+    def nvml_library(self) -> Any:
+        """The NVML library object every NVML collector shares: the simulator's fake, or pynvml
+        loaded once. Raises kvscope.sources.nvml.NvmlUnavailable when there is none."""
+        if self.nvml is None:
+            from kvscope.sources.nvml import load_library
+
+            self.nvml = load_library(self.config.collectors.gpu.nvml_library)
+        return self.nvml

@@ -28,7 +28,6 @@ from kvscope.sources.nvml import (
     NvmlSource,
     NvmlUnavailable,
     XidEvent,
-    load_library,
 )
 from kvscope.xid import describe_xid
 
@@ -217,8 +216,7 @@ class GpuCollector(Collector):
     async def _poll_static(self, pool: BlockingPool) -> Sequence[Metric]:
         if self._source is None:
             try:
-                lib = self._library if self._library is not None else \
-                    load_library(self._cfg.nvml_library)
+                lib = self._library if self._library is not None else self._ctx.nvml_library()
                 self._source = NvmlSource(lib, gpm=self._cfg.gpm,
                                           min_gpm_window=self._cfg.min_gpm_window,
                                           monotonic=self._monotonic)

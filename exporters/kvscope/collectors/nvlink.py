@@ -25,7 +25,7 @@ from prometheus_client.core import Metric
 from kvscope.context import NodeContext
 from kvscope.families import counter, gauge, info, non_empty
 from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
-from kvscope.sources.nvml import GpuIdentity, NvmlUnavailable, load_library
+from kvscope.sources.nvml import GpuIdentity, NvmlUnavailable
 from kvscope.sources.nvml_links import (
     NVLINK_VERSIONS,
     GpuBytes,
@@ -98,9 +98,7 @@ class NvlinkCollector(Collector):
     async def _poll_static(self, pool: BlockingPool) -> Sequence[Metric]:
         try:
             if self._source is None:
-                lib = self._library if self._library is not None else self._ctx.nvml
-                if lib is None:
-                    lib = load_library(self._ctx.config.collectors.gpu.nvml_library)
+                lib = self._library if self._library is not None else self._ctx.nvml_library()
                 self._source = NvlinkSource(lib)
             devices = await pool.run(self._source.open)
             self._driver = str(await pool.run(self._driver_version))

@@ -41,7 +41,7 @@ from kvscope.pd_paths import (
 )
 from kvscope.runtime import BlockingPool, Collector, CollectorError, Schedule, Tier
 from kvscope.sources.kube import KubeClient, KubeError
-from kvscope.sources.nvml import NvmlUnavailable, load_library
+from kvscope.sources.nvml import NvmlUnavailable
 from kvscope.sources.nvml_links import Device, NvlinkSource
 from kvscope.sources.nvml_topology import (
     GpuAffinity,
@@ -126,9 +126,7 @@ class TopologyCollector(Collector):
     async def _read_gpus(self, pool: BlockingPool) -> list[Device]:
         try:
             if self._source is None:
-                lib = self._library if self._library is not None else self._ctx.nvml
-                if lib is None:
-                    lib = load_library(self._ctx.config.collectors.gpu.nvml_library)
+                lib = self._library if self._library is not None else self._ctx.nvml_library()
                 self._source = NvlinkSource(lib)
             return await pool.run(self._source.open)
         except NvmlUnavailable as exc:
