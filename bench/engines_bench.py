@@ -118,6 +118,9 @@ async def agent(ports: list[int], cycles: int, seconds: float) -> dict[str, Any]
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
 
     await runtime.poll_once(collector, Tier.FAST)  # connections opened, state primed
+    import gc
+
+    gc.freeze()  # as the agent does once started (app._serve)
     cpu, wall = [], []
     for _ in range(cycles):
         c0, w0 = time.process_time(), time.perf_counter()

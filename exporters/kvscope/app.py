@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from contextlib import AsyncExitStack
@@ -105,6 +106,10 @@ async def _serve(ctx: NodeContext) -> None:
     log.info("listening on %s://%s:%d/metrics (collectors: %s)", scheme, host, port,
              ", ".join(c.name for c in runtime.collectors))
     await runtime.start()
+    # Everything built so far (modules, config, identity, sim models) lives for the whole run:
+    # moving it out of the collector's generations keeps full collections, and so the pauses a
+    # scrape can fall into, short (engine benchmark: /metrics p99 10.9 -> 6.2 ms).
+    gc.freeze()
     try:
         await stop.wait()
     finally:
