@@ -79,7 +79,7 @@ async def test_bandwidth_series_carry_dcgm_labels_and_pods() -> None:
 
 async def test_link_state_speed_and_error_counters() -> None:
     node = sim_node("nvlink-degraded")
-    collector = NvlinkCollector(context(node))
+    collector = NvlinkCollector(context(node, collectors={"nvlink": {"per_link": True}}))
     pool = BlockingPool("t")
     static = await _poll(collector, Tier.STATIC, pool)
     fast = await _poll(collector, Tier.FAST, pool)
@@ -103,6 +103,29 @@ async def test_link_state_speed_and_error_counters() -> None:
     pool.shutdown()
 
 
+async def test_default_exports_per_gpu_totals_not_per_link_series() -> None:
+    node = sim_node("nvlink-degraded")
+    collector = NvlinkCollector(context(node))
+    pool = BlockingPool("t")
+    static = await _poll(collector, Tier.STATIC, pool)
+    fast = await _poll(collector, Tier.FAST, pool)
+    slow = await _poll(collector, Tier.SLOW, pool)
+    pool.shutdown()
+    families = [*static, *fast, *slow]
+    assert not any("link" in lb for f in families for s in f.samples
+                   for lb in [s.labels])  # no per-link series by default
+    assert _by_gpu(static, "kvscope_nvlink_links") == {str(g): 18 for g in range(8)}
+    active = _by_gpu(fast, "kvscope_nvlink_links_active")
+    assert active["5"] == 16 and active["0"] == 18  # the degraded GPU's two links are down
+    errors = {(lb["gpu"], lb["error"]): v for lb, v in samples(slow, "kvscope_nvlink_errors_total")}
+    assert errors[("5", "replay")] == 1800 and errors[("5", "crc")] == 240
+    assert errors[("0", "replay")] == 0
+    assert samples(static, "kvscope_nvlink_link_speed_bytes_per_second")[0][1] == 26_562_000_000
+    info = samples(static, "kvscope_nvlink_link_info")
+    assert len(info) == 8 and info[0][0]["remote_type"] == "nvswitch"
+    assert sum(len(f.samples) for f in families) < 8 * 12  # was ~860 with per-link series
+
+
 def node_calls(collector: NvlinkCollector, name: str) -> int:
     return collector._ctx.nvml.calls[name]  # the fake counts every NVML call
 
@@ -111,7 +134,7 @@ async def test_data_error_counters_come_from_the_error_counter_call_when_enabled
     node = sim_node("healthy")
     node.topology.data_errors[(0, 0)] = (5, 8)  # what H200 link 0 showed: CRC_DATA 5, ECC 8
     collector = NvlinkCollector(context(node, collectors={"nvlink": {
-        "data_error_counters": True}}))
+        "data_error_counters": True, "per_link": True}}))
     pool = BlockingPool("t")
     await _poll(collector, Tier.STATIC, pool)
     slow = await _poll(collector, Tier.SLOW, pool)
@@ -217,14 +240,14 @@ async def test_an_nvml_error_on_one_gpu_is_counted_and_the_rest_still_read() -> 
         return int(real_state(h, link))
 
     ctx.nvml.nvmlDeviceGetNvLinkState = flaky_state
-    collector = NvlinkCollector(ctx)
+    collector = NvlinkCollector(ctx)  # default: per-GPU totals
     pool = BlockingPool("t")
     await _poll(collector, Tier.STATIC, pool)
     fast = await _poll(collector, Tier.FAST, pool)
     errors = {(lb["gpu"], lb["read"], lb["error"]): v
               for lb, v in samples(fast, "kvscope_nvlink_nvml_errors_total")}
     assert errors == {("2", "state", "nvml_error_999"): 1}
-    up_gpus = {lb["gpu"] for lb, _ in samples(fast, "kvscope_nvlink_link_up")}
+    up_gpus = {lb["gpu"] for lb, _ in samples(fast, "kvscope_nvlink_links_active")}
     assert up_gpus == set("0134567")
     assert len(_by_gpu(fast, "kvscope_nvlink_transmit_bytes_total")) == 8
     pool.shutdown()

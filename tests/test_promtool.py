@@ -9,6 +9,7 @@ promtool's camelCase warning about exactly those keys is the one finding allowed
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -59,8 +60,8 @@ async def test_promtool_accepts_kvscope_families(scenario: str) -> None:
     assert promtool is not None, "promtool comes with Debian's prometheus (tests/run.sh)"
     text = await kvscope_families(scenario)
     assert "kvscope_collector_up" in text
-    lint = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
-                          capture_output=True, check=False, timeout=60)
+    lint = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"], input=text,
+                                   text=True, capture_output=True, check=False, timeout=60)
     problems = []
     for line in (lint.stdout + lint.stderr).splitlines():
         match = CAMEL.match(line.strip())

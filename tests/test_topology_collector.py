@@ -224,8 +224,10 @@ async def test_readme_nvlink_table_lists_exactly_the_exported_families() -> None
     table = readme.split("<!-- metrics:nvlink -->")[1].split("<!-- /metrics:nvlink -->")[0]
     documented = set(re.findall(r"^\| `([A-Za-z_:][A-Za-z0-9_:]*)`", table, re.M))
     node = sim_node("nvlink-degraded")
-    _, _, families = await collect(node, collectors={
-        "nvlink": {"per_link_bytes": True, "data_error_counters": True}})
+    _, _, per_link = await collect(node, collectors={
+        "nvlink": {"per_link": True, "per_link_bytes": True, "data_error_counters": True}})
+    _, _, totals = await collect(sim_node("nvlink-degraded"))  # the default: per-GPU totals
+    families = [*per_link, *totals]
     ours = re.compile(r"^(kvscope_(nvlink|pd|pod|node_network)_|kvscope_gpu_(p2p|cpu_affinity|"
                       r"nic_affinity)_|DCGM_FI_DEV_NVLINK_)")
     exported = {s.name for f in families for s in f.samples if ours.match(s.name)}

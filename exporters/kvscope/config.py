@@ -61,6 +61,11 @@ class GpuConfig(CollectorConfig):
 
 
 class NvlinkConfig(CollectorConfig):
+    per_link: bool = Field(
+        default=False,
+        description="one series per link for state, speed, identity and error counters (18 links "
+                    "x 8 GPUs: ~860 series on an HGX node); by default each GPU gets totals "
+                    "(links, links active, errors by kind). kvscope doctor always reads per link")
     per_link_bytes: bool = Field(
         default=False,
         description="per-link TX/RX byte counters (fields 138/139 per link: ~17 ms per GPU on "

@@ -115,18 +115,32 @@ class NvlinkCollector(Collector):
         speed = gauge("kvscope_nvlink_link_speed_bytes_per_second",
                       "Signalling rate of one NVLink per direction (bytes/s). NVML field 164 "
                       "(NVLINK_GET_SPEED, MB/s).")
+        links = gauge("kvscope_nvlink_links", "NVLinks NVML reports on the GPU.")
+        per_link = self._cfg.per_link
         for dev in devices:
             labels = gpu_labels(self._ctx, dev.identity)
+            if dev.links:
+                links.add(labels, len(dev.links))
+            seen: set[tuple[str, str]] = set()
             for link in dev.links:
-                link_labels = {**labels, "link": str(link.link)}
                 version = NVLINK_VERSIONS.get(link.version, str(link.version)) \
                     if link.version is not None else ""
-                link_info.add({**link_labels, "version": version,
-                               "remote_type": link.remote_type or "",
-                               "remote_pci_bus_id": link.remote_pci_bus_id or ""}, 1)
-                if link.speed_bytes is not None:
-                    speed.add(link_labels, link.speed_bytes)
-        return non_empty(link_info, speed)
+                if per_link:
+                    link_labels = {**labels, "link": str(link.link)}
+                    link_info.add({**link_labels, "version": version,
+                                   "remote_type": link.remote_type or "",
+                                   "remote_pci_bus_id": link.remote_pci_bus_id or ""}, 1)
+                    if link.speed_bytes is not None:
+                        speed.add(link_labels, link.speed_bytes)
+                elif (version, link.remote_type or "") not in seen:
+                    # Totals mode: one info series per kind of link the GPU has.
+                    seen.add((version, link.remote_type or ""))
+                    link_info.add({**labels, "version": version,
+                                   "remote_type": link.remote_type or ""}, 1)
+            known = [link.speed_bytes for link in dev.links if link.speed_bytes is not None]
+            if known and not per_link:
+                speed.add(labels, min(known))  # the slowest link bounds a striped transfer
+        return non_empty(link_info, speed, links)
 
     def _driver_version(self) -> str:
         assert self._source is not None
@@ -136,11 +150,18 @@ class NvlinkCollector(Collector):
     def _fast_families(self, states: Sequence[LinkState], counts: Sequence[GpuBytes],
                        source: NvlinkSource) -> list[Metric]:
         up = gauge("kvscope_nvlink_link_up",
-                   "1 when the NVLink is active, 0 when it is down. NVML NvLinkState.")
+                   "1 when the NVLink is active, 0 when it is down. NVML NvLinkState "
+                   "(collectors.nvlink.per_link).")
+        active = gauge("kvscope_nvlink_links_active",
+                       "NVLinks of the GPU that are active (NVML NvLinkState); fewer than "
+                       "kvscope_nvlink_links means a link is down.")
         for state in states:
             labels = gpu_labels(self._ctx, state.gpu)
-            for link, active in sorted(state.states.items()):
-                up.add({**labels, "link": str(link)}, 1 if active else 0)
+            if state.states:
+                active.add(labels, sum(1 for on in state.states.values() if on))
+            if self._cfg.per_link:
+                for link, on in sorted(state.states.items()):
+                    up.add({**labels, "link": str(link)}, 1 if on else 0)
         tx = counter("kvscope_nvlink_transmit_bytes_total",
                      "Data bytes the GPU sent over all its NVLinks. NVML field 138 "
                      "(THROUGHPUT_DATA_TX, KiB) read with scopeId 0xFFFFFFFF (all links).")
@@ -178,7 +199,7 @@ class NvlinkCollector(Collector):
                          "by GPU, read and error.")
         for (index, what, error), n in sorted(source.errors.items()):
             errors.add({"gpu": str(index), "read": what, "error": error}, n)
-        return non_empty(up, tx, rx, bandwidth, link_tx, link_rx, errors)
+        return non_empty(up, active, tx, rx, bandwidth, link_tx, link_rx, errors)
 
     def _bandwidth(self, uuid: str, now: float, kib: float) -> int:
         previous = self._previous.get(uuid)
@@ -189,14 +210,22 @@ class NvlinkCollector(Collector):
 
     def _error_families(self, readings: Sequence[LinkErrors]) -> list[Metric]:
         errors = counter("kvscope_nvlink_errors_total",
-                         "NVLink data-link errors per link: replay, recovery, crc from NVML "
-                         "fields 161/162/163 (per-link scope); crc_data and ecc_data from "
+                         "NVLink data-link errors, summed over the GPU's links (per link with "
+                         "collectors.nvlink.per_link): replay, recovery, crc from NVML fields "
+                         "161/162/163 (per-link scope); crc_data and ecc_data from "
                          "nvmlDeviceGetNvLinkErrorCounter when "
                          "collectors.nvlink.data_error_counters is on.")
         for reading in readings:
             labels = gpu_labels(self._ctx, reading.gpu)
-            for (link, kind), value in sorted(reading.counts.items()):
-                errors.add({**labels, "link": str(link), "error": kind}, value)
+            if self._cfg.per_link:
+                for (link, kind), value in sorted(reading.counts.items()):
+                    errors.add({**labels, "link": str(link), "error": kind}, value)
+                continue
+            totals: dict[str, int] = {}
+            for (_, kind), value in reading.counts.items():
+                totals[kind] = totals.get(kind, 0) + value
+            for kind, value in sorted(totals.items()):
+                errors.add({**labels, "error": kind}, value)
         return non_empty(errors)
 
     async def close(self) -> None:

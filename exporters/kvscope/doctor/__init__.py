@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+from kvscope.config import Config, set_dotted
 from kvscope.context import NodeContext
 from kvscope.runtime import Runtime
 
@@ -73,6 +74,10 @@ async def run(ctx: NodeContext) -> tuple[str, int]:
     from kvscope import doctor_sections  # noqa: F401 - registers the sections
     from kvscope.app import build_runtime, start_sim_services
 
+    # A person reading the report wants every link, whatever the agent exports by default.
+    data = ctx.config.model_dump()
+    set_dotted(data, "collectors.nvlink.per_link", True)
+    ctx.config = Config.model_validate(data)
     async with AsyncExitStack() as stack:
         await start_sim_services(ctx, stack)
         runtime = build_runtime(ctx)
