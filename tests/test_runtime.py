@@ -189,3 +189,29 @@ async def test_running_agent_renders_after_polls_not_during_scrapes() -> None:
         assert parse(runtime.exposition())["polls"][0][1] > value  # and it keeps moving
     finally:
         await runtime.stop()
+
+
+class Spinning(Collector):
+    """Polls back to back, so a cancellation often lands while a finished poll's result is
+    being handed back: the window in which Python 3.11's asyncio.wait_for swallows it."""
+
+    name = "spinning"
+
+    def schedules(self) -> dict[Tier, Schedule]:
+        return {Tier.EVENT: Schedule(0.0, 5)}
+
+    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+        await asyncio.sleep(0)
+        return []
+
+
+async def test_stop_ends_loops_even_when_a_cancellation_is_swallowed() -> None:
+    loop = asyncio.get_running_loop()
+    for _ in range(30):
+        runtime = Runtime([Spinning()])
+        await runtime.start()
+        for _ in range(7):
+            await asyncio.sleep(0)
+        started = loop.time()
+        await asyncio.wait_for(runtime.stop(), 10)
+        assert loop.time() - started < 5

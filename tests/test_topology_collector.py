@@ -196,7 +196,7 @@ def test_demo_serves_the_unusable_pair_over_http() -> None:
         port = probe.getsockname()[1]
     demo = subprocess.Popen(
         [sys.executable, "-c", "from kvscope.cli import main; main()", "demo", "--scenario",
-         "nvlink-bypass", "--web.listen-address", f"127.0.0.1:{port}"],
+         "nvlink-bypass", "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug"],
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     body = ""
     try:
@@ -210,7 +210,12 @@ def test_demo_serves_the_unusable_pair_over_http() -> None:
     finally:
         demo.send_signal(signal.SIGTERM)
         # communicate, not wait: it drains stderr, so a chatty agent cannot block on a full pipe
-        _, stderr = demo.communicate(timeout=15)
+        try:
+            _, stderr = demo.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            _, stderr = demo.communicate()
+            raise AssertionError(f"demo did not stop:\n{stderr[-6000:]}") from None
     assert demo.returncode == 0, stderr[-2000:]
     assert 'path="NV18"' in body
     assert 'reason="peer_gpus_not_visible"} 0.0' in body

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -89,7 +90,8 @@ async def _serve(ctx: NodeContext) -> None:
     if web_config is not None and web_config.tls_server_config is not None:
         tls = ssl_context(web_config.tls_server_config, config.web.config_file)  # type: ignore[arg-type]
     runtime = build_runtime(ctx)
-    runner = web.AppRunner(build_app(runtime, web_config), access_log=None)
+    # A scrape is answered in milliseconds: no reason to wait aiohttp's default 60 s for one.
+    runner = web.AppRunner(build_app(runtime, web_config), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = config.web.host_port()
     site = web.TCPSite(runner, host, port, ssl_context=tls)
@@ -115,4 +117,6 @@ async def _serve(ctx: NodeContext) -> None:
     finally:
         log.info("shutting down")
         await runtime.stop()
+        started = time.monotonic()
         await runner.cleanup()
+        log.debug("HTTP server closed in %.2fs", time.monotonic() - started)

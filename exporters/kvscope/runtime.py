@@ -9,7 +9,6 @@ bytes that were rendered from snapshots taken by the pollers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
 import gzip
@@ -203,6 +202,7 @@ class Runtime:
         self._render_task: asyncio.Task[None] | None = None
         self._wanted: set[tuple[bool, bool]] = {(False, False)}
         self.render_delay = 0.05  # coalesces tiers finishing together into one render
+        self._stopping = False
 
     # ---- polling -------------------------------------------------------------------------
 
@@ -267,7 +267,7 @@ class Runtime:
 
     async def _tier_loop(self, collector: Collector, tier: Tier) -> None:
         sched = self._tiers[(collector.name, tier)].schedule
-        while True:
+        while not self._stopping:
             started = time.monotonic()
             await self.poll_once(collector, tier)
             elapsed = time.monotonic() - started
@@ -301,20 +301,33 @@ class Runtime:
         await self._tier_loop(collector, tier)
 
     async def stop(self) -> None:
+        self._stopping = True
         self.background_render = False
         if self._render_task is not None:
             self._tasks.append(self._render_task)
+        pending = {t for t in self._tasks if not t.done()}
+        # On Python 3.11 asyncio.wait_for can swallow a cancellation that races with the poll it
+        # wraps finishing; the loop then goes on. So: cancel, wait a bounded time, cancel again
+        # (the _stopping flag ends any loop that saw its cancellation eaten).
+        for _ in range(3):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=2.0)
+        if pending:
+            log.warning("%d poller task(s) did not stop; leaving them", len(pending))
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("poller task ended with %r", task.exception())
         self._tasks.clear()
         for c in self.collectors:
+            started = time.monotonic()
             try:
-                await asyncio.wait_for(c.close(), 5)
+                await asyncio.wait_for(c.close(), 3)
             except Exception:  # shutdown continues whatever one collector does
                 log.exception("collector %s: close failed", c.name)
+            log.debug("collector %s closed in %.2fs", c.name, time.monotonic() - started)
         for state in self._tiers.values():
             state.pool.shutdown()
 

@@ -23,7 +23,7 @@ Starter = Callable[[SimNode, AsyncExitStack], Awaitable[dict[str, Any]]]
 async def serve_app(app: web.Application, stack: AsyncExitStack, host: str = "127.0.0.1",
                     port: int = 0) -> str:
     """Run an aiohttp app on loopback for the life of `stack`; returns its base URL."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, host, port)
