@@ -16,11 +16,13 @@ if ((${#need_apt[@]})); then
     "${need_apt[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+# Everything Python lives in .venv: Debian's own Python refuses installs outside a venv.
+bash scripts/venv.sh dev
+export PATH="$PWD/.venv/bin:$PATH"
 
 # Extra test tools that later parts of the stack bring (helm, ...) are installed by their scripts.
 for setup in tests/setup.d/*.sh; do
   [ -e "$setup" ] && bash "$setup"
 done
 
-python3 -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
