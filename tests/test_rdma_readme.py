@@ -30,6 +30,10 @@ def test_every_exported_rdma_family_is_documented(scenario: str, tmp_path: Path)
                     str(eadm_printing(tmp_path, "stat_malformed.txt")))
     assert code == 0
     names = set(found) | set(samples(out))
+    code, out = cli("collect", "--path.sysfs", str(FIXTURES / "bnxt-re"), "--no-collector.gpu",
+                    "--collector.rdma.eadm-path", "/nonexistent/eadm")  # hw_counters levels
+    assert code == 0
+    names |= set(samples(out))
     ours = {n for n in names if n.startswith(("kvscope_rdma_", "kvscope_erdma_"))}
     assert ours - documented() == set()
 

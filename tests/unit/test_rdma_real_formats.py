@@ -71,11 +71,11 @@ def test_each_traffic_value_from_the_valid_layout(counters: dict[str, str], ext:
 
 def test_bnxt_re_levels_are_gauges_not_counters() -> None:
     found, out = collect(FIXTURES / "bnxt-re")
-    assert "# TYPE kvscope_rdma_hw_gauge gauge" in out
+    assert "# TYPE kvscope_rdma_hw_level gauge" in out
     lb = {"device": "bnxt_re0", "port": "1"}
-    assert value(found, "kvscope_rdma_hw_gauge", counter="active_qps", **lb) == 129
-    assert value(found, "kvscope_rdma_hw_gauge", counter="active_mrs", **lb) == 64
-    assert value(found, "kvscope_rdma_hw_gauge", counter="watermark_qps", **lb) == 513
+    assert value(found, "kvscope_rdma_hw_level", counter="active_qps", **lb) == 129
+    assert value(found, "kvscope_rdma_hw_level", counter="active_mrs", **lb) == 64
+    assert value(found, "kvscope_rdma_hw_level", counter="watermark_qps", **lb) == 513
     counts = {s["counter"] for s, _ in found["kvscope_rdma_hw_counter_total"]
               if s["device"] == "bnxt_re0"}
     assert not {c for c in counts if c.startswith(("active_", "watermark_"))}

@@ -244,9 +244,9 @@ class RdmaCollector(Collector):
         hw = counter("kvscope_rdma_hw_counter_total",
                      "Every driver counter in sysfs ports/<n>/hw_counters/ (mlx5 Q and congestion "
                      "counters, both eRDMA drivers' counters, irdma, bnxt_re, EFA), raw; "
-                     "lifespan and current levels (kvscope_rdma_hw_gauge) excluded. mlx5 "
+                     "lifespan and current levels (kvscope_rdma_hw_level) excluded. mlx5 "
                      "Q counters are 32-bit and wrap.")
-        hw_level = gauge("kvscope_rdma_hw_gauge",
+        hw_level = gauge("kvscope_rdma_hw_level",
                          "Driver hw_counters/ files that hold a current level, not a count: "
                          "bnxt_re active_* (resources in use), watermark_* (high-water marks "
                          "since driver load), db_fifo_register; raw.")
