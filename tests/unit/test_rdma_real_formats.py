@@ -14,6 +14,7 @@ import pytest
 
 from kvscope.app import build_context, build_runtime
 from kvscope.config import ConfigError, load
+from kvscope.exposition import render_text
 from kvscope.parsers.eadm import STABLE_NAMES, parse_stat
 from kvscope.parsers.rdma_sysfs import Rate, RawPort, parse_port, parse_rate
 from rdma_helpers import FIXTURES, cli, eadm_printing, samples, value
@@ -92,16 +93,8 @@ def test_zero_rate_of_an_empty_cage_parses() -> None:
     assert "kvscope_rdma_parse_errors_total" not in found
 
 
-async def _poll_fast(sysfs: Path, polls: int) -> Samples:
-    ctx = build_context(load(None, {"paths.sysfs": str(sysfs), "collectors.gpu.enabled": False,
-                                    "collectors.rdma.eadm_path": None}), oneshot=True)
-    runtime = build_runtime(ctx)
-    for _ in range(polls):
-        await runtime.poll_all_once()
-    from kvscope.exposition import render_text
-    body = render_text(runtime.families()).decode()
-    await runtime.stop()
-    return samples(body)
+def _rendered(runtime: Any) -> Samples:
+    return samples(render_text(runtime.families()).decode())
 
 
 async def test_a_value_that_stays_bad_counts_once_not_every_poll(tmp_path: Path) -> None:
@@ -110,11 +103,25 @@ async def test_a_value_that_stays_bad_counts_once_not_every_poll(tmp_path: Path)
     port.mkdir(parents=True)
     (port / "state").write_text("1: DOWN\n")
     (port / "rate").write_text("0 GB/sec\n")
-    found = await _poll_fast(tree, polls=3)
-    assert "kvscope_rdma_parse_errors_total" not in found
-    (port / "rate").write_text("unknown speed\n")  # a format kvscope does not know
-    found = await _poll_fast(tree, polls=3)
-    assert value(found, "kvscope_rdma_parse_errors_total", source="sysfs") == 1
+    ctx = build_context(load(None, {"paths.sysfs": str(tree), "collectors.gpu.enabled": False,
+                                    "collectors.rdma.eadm_path": None}), oneshot=True)
+    runtime = build_runtime(ctx)
+    try:
+        for _ in range(3):
+            await runtime.poll_all_once()
+        assert "kvscope_rdma_parse_errors_total" not in _rendered(runtime)
+        (port / "rate").write_text("unknown speed\n")  # a format kvscope does not know
+        for _ in range(3):
+            await runtime.poll_all_once()
+        found = _rendered(runtime)
+        assert value(found, "kvscope_rdma_parse_errors_total", source="sysfs") == 1
+        (port / "rate").write_text("still unknown\n")  # a new bad text is a new problem
+        for _ in range(2):
+            await runtime.poll_all_once()
+        found = _rendered(runtime)
+        assert value(found, "kvscope_rdma_parse_errors_total", source="sysfs") == 2
+    finally:
+        await runtime.stop()
 
 
 # ---- 4. traffic that exists only in hw_counters, per driver -----------------------------------
@@ -223,3 +230,9 @@ def test_device_header_line_is_not_a_parse_error(tmp_path: Path) -> None:
     assert not [n for n in found if re.match(r"kvscope_erdma_erdma_", n)]
     # a counter line with a bad value is still an error
     assert parse_stat(text + "connect_failed_cnt : N/A\n").malformed == 1
+
+
+async def test_simulated_eadm_header_is_skipped() -> None:
+    found = await scrape(node_for("erdma", Clock()))
+    assert value(found, "kvscope_erdma_aeq_event_total", device="erdma_0") >= 0
+    assert "kvscope_rdma_parse_errors_total" not in found

@@ -74,7 +74,7 @@ class RdmaCollector(Collector):
         self._limits: dict[str, DeviceLimits] = {}
         self._driver_version: str | None = None
         self._parse_errors: Counter[str] = Counter()
-        self._bad_values: set[tuple[str, ...]] = set()
+        self._last_bad: dict[tuple[str, ...], str] = {}  # (source, *where) -> last bad text
         self._qp_failures: Counter[tuple[str, str, str, str]] = Counter()
         self._noted: set[str] = set()
         if self._eadm.path is None and self._cfg.eadm_path:
@@ -93,14 +93,15 @@ class RdmaCollector(Collector):
             return await self._poll_fast(pool)
         return await self._poll_slow(pool)
 
-    def _count_bad_value(self, source: str, *where: str) -> bool:
+    def _count_bad_value(self, source: str, where: tuple[str, ...], text: str) -> bool:
         """Count an unparseable value once, not once per poll: a file that keeps the same text
         is one problem, and a counter rising on every 5 s poll would page for nothing. The same
-        file with a new bad text counts again. True when it was new."""
+        place with a different bad text counts again. Only the last text per place is kept, so
+        memory stays bounded by the number of files. True when it counted."""
         key = (source, *where)
-        if key in self._bad_values:
+        if self._last_bad.get(key) == text:
             return False
-        self._bad_values.add(key)
+        self._last_bad[key] = text
         self._parse_errors[source] += 1
         return True
 
@@ -141,7 +142,7 @@ class RdmaCollector(Collector):
             self._limits = {}
             return None
         for error in report.errors:
-            if self._count_bad_value("verbs", error):
+            if self._count_bad_value("verbs", (error.split(":", 1)[0],), error):
                 log.warning("pyverbs: %s", error)
         return report
 
@@ -199,7 +200,7 @@ class RdmaCollector(Collector):
         ports = [parse_port(r) for r in raw]
         for port in ports:
             for error in port.errors:
-                if self._count_bad_value("sysfs", port.device, port.port, error.what,
+                if self._count_bad_value("sysfs", (port.device, port.port, error.what),
                                          error.text):
                     log.debug("%s/%s: cannot parse %s: %r", port.device, port.port,
                               error.what, error.text)
@@ -348,9 +349,9 @@ class RdmaCollector(Collector):
                         "their eadm key.")
         for dev, stats in sorted(report.stats.items()):
             for key, text in stats.malformed_lines:
-                self._count_bad_value("eadm", dev, key, text)
+                self._count_bad_value("eadm", (dev, key), text)
             if stats.error:
-                self._count_bad_value("eadm", dev, "output", stats.error)
+                self._count_bad_value("eadm", (dev, "output"), stats.error)
             for key, value in stats.counters.items():
                 name = STABLE_NAMES.get(key)
                 if name is None:
@@ -374,7 +375,7 @@ class RdmaCollector(Collector):
                     "kvscope_rdma_device_max_qp.")
         if tool.resources is not None:
             if tool.resources.error is not None:
-                self._count_bad_value("rdma_tool", tool.resources.error)
+                self._count_bad_value("rdma_tool", (), tool.resources.error)
             for dev, counts in sorted(tool.resources.by_device.items()):
                 if dev not in self._identities:
                     continue  # a device of another sysfs root (fixture trees): not this node's
