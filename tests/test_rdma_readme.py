@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvscope.parsers.eadm import STABLE_NAMES
+from kvscope.parsers.rdma_sysfs import HW_TRAFFIC
 from rdma_helpers import FIXTURES, cli, eadm_printing, samples
 from test_rdma_sim import Clock, node_for, scrape
 
@@ -29,6 +30,10 @@ def test_every_exported_rdma_family_is_documented(scenario: str, tmp_path: Path)
                     str(eadm_printing(tmp_path, "stat_malformed.txt")))
     assert code == 0
     names = set(found) | set(samples(out))
+    code, out = cli("collect", "--path.sysfs", str(FIXTURES / "bnxt-re"), "--no-collector.gpu",
+                    "--collector.rdma.eadm-path", "/nonexistent/eadm")  # hw_counters levels
+    assert code == 0
+    names |= set(samples(out))
     ours = {n for n in names if n.startswith(("kvscope_rdma_", "kvscope_erdma_"))}
     assert ours - documented() == set()
 
@@ -39,3 +44,15 @@ def test_every_documented_family_is_produced_by_the_code() -> None:
     for name in documented():
         assert name in source or name in STABLE_NAMES.values() or \
             name.startswith("kvscope_rdma_device_max_"), name
+
+
+def test_hw_traffic_table_matches_the_code() -> None:
+    """The README's per-driver hw_counters traffic table is HW_TRAFFIC, row for row."""
+    text = README.read_text()
+    table = text[text.index("<!-- hw-traffic -->"):text.index("<!-- /hw-traffic -->")]
+    rows = [line.strip() for line in table.splitlines()
+            if line.strip().startswith("| ")][1:]  # minus the header row
+    documented_rows = [tuple(tuple(re.findall(r"`([^`]+)`", cell))
+                             for cell in row.strip("|").split("|")[1:]) for row in rows]
+    code_rows = [(r.tx_bytes, r.rx_bytes, r.tx_packets, r.rx_packets) for r in HW_TRAFFIC]
+    assert documented_rows == code_rows

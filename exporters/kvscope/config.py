@@ -7,6 +7,7 @@ because a typo in a DaemonSet's config must fail at start, not silently disable 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +133,32 @@ DEFAULT_QP_PROFILES: tuple[QpProfile, ...] = (
 )
 
 
+class DeviceFilter(Strict):
+    """RDMA devices to read, by name: Python regexes matched against the whole name (anchored,
+    like Prometheus label matchers). A device is read when it matches `include` (unset: every
+    device) and does not match `exclude`; the filter applies before any file of it is opened."""
+
+    include: str | None = Field(None, description="regex; only matching devices are read")
+    exclude: str | None = Field(None, description="regex; matching devices are never read")
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a valid regular expression ({exc})") from None
+        return value
+
+    def wants(self, device: str) -> bool:
+        if self.include is not None and re.fullmatch(self.include, device) is None:
+            return False
+        return self.exclude is None or re.fullmatch(self.exclude, device) is None
+
+
 class RdmaConfig(CollectorConfig):
+    devices: DeviceFilter = DeviceFilter()
     eadm_path: str | None = Field(
         default="eadm",
         description="Alibaba's eadm tool (name on PATH or a path); absent = source off")

@@ -62,7 +62,7 @@ class RdmaCollector(Collector):
     def __init__(self, ctx: NodeContext, verbs_lib: Any = None) -> None:
         self._ctx = ctx
         self._cfg = ctx.config.collectors.rdma
-        self._sysfs = SysfsRdma(ctx.config.paths.sysfs)
+        self._sysfs = SysfsRdma(ctx.config.paths.sysfs, self._cfg.devices.wants)
         self._eadm = Eadm(self._cfg.eadm_path, self._cfg.eadm_timeout)
         self._tool = RdmaTool(self._cfg.rdma_tool_path, self._cfg.rdma_tool_timeout)
         self._verbs_lib = verbs_lib
@@ -74,6 +74,7 @@ class RdmaCollector(Collector):
         self._limits: dict[str, DeviceLimits] = {}
         self._driver_version: str | None = None
         self._parse_errors: Counter[str] = Counter()
+        self._last_bad: dict[tuple[str, ...], str] = {}  # (source, *where) -> last bad text
         self._qp_failures: Counter[tuple[str, str, str, str]] = Counter()
         self._noted: set[str] = set()
         if self._eadm.path is None and self._cfg.eadm_path:
@@ -91,6 +92,18 @@ class RdmaCollector(Collector):
         if tier is Tier.FAST:
             return await self._poll_fast(pool)
         return await self._poll_slow(pool)
+
+    def _count_bad_value(self, source: str, where: tuple[str, ...], text: str) -> bool:
+        """Count an unparseable value once, not once per poll: a file that keeps the same text
+        is one problem, and a counter rising on every 5 s poll would page for nothing. The same
+        place with a different bad text counts again. Only the last text per place is kept, so
+        memory stays bounded by the number of files. True when it counted."""
+        key = (source, *where)
+        if self._last_bad.get(key) == text:
+            return False
+        self._last_bad[key] = text
+        self._parse_errors[source] += 1
+        return True
 
     def _note_once(self, key: str, message: str) -> None:
         """Absent hardware or tools: one debug line, not a log line per poll."""
@@ -122,15 +135,15 @@ class RdmaCollector(Collector):
         try:
             if self._verbs is None:
                 lib = self._verbs_lib if self._verbs_lib is not None else load_pyverbs()
-                self._verbs = VerbsSource(lib)
+                self._verbs = VerbsSource(lib, self._cfg.devices.wants)
             report = await pool.run(self._verbs.query)
         except VerbsUnavailableError as exc:
             self._note_once("verbs", f"no RDMA hardware through pyverbs: {exc}")
             self._limits = {}
             return None
         for error in report.errors:
-            log.warning("pyverbs: %s", error)
-            self._parse_errors["verbs"] += 1
+            if self._count_bad_value("verbs", (error.split(":", 1)[0],), error):
+                log.warning("pyverbs: %s", error)
         return report
 
     def _info_family(self) -> Family:
@@ -187,10 +200,10 @@ class RdmaCollector(Collector):
         ports = [parse_port(r) for r in raw]
         for port in ports:
             for error in port.errors:
-                self._parse_errors["sysfs"] += 1
-                self._note_once(f"parse:{port.device}:{error.what}",
-                                f"{port.device}/{port.port}: cannot parse {error.what}: "
-                                f"{error.text!r}")
+                if self._count_bad_value("sysfs", (port.device, port.port, error.what),
+                                         error.text):
+                    log.debug("%s/%s: cannot parse %s: %r", port.device, port.port,
+                              error.what, error.text)
             if port.saturated:
                 self._note_once(f"sat:{port.device}:{port.port}:{port.saturated}",
                                 f"{port.device}/{port.port}: counters pinned at their maximum "
@@ -212,26 +225,32 @@ class RdmaCollector(Collector):
                          "Port attributes from sysfs: link_layer, and width and speed from the "
                          "rate string (\"200 Gb/sec (4X HDR)\"); value 1.")
         tx_b = counter("kvscope_rdma_port_transmit_bytes_total",
-                       "Bytes sent: PMA port_xmit_data x 4 (it counts 4-byte words) on IB/RoCE, "
-                       "hw_counters tx_bytes_cnt (upstream erdma) or hw_tx_bytes_cnt (Alibaba "
-                       "erdma driver).")
+                       "Bytes sent: PMA port_xmit_data(_64) x 4 (it counts 4-byte words) on "
+                       "IB/RoCE; without PMA, hw_counters bytes: erdma (hw_)tx_bytes_cnt, irdma "
+                       "ip4OutOctets+ip6OutOctets, bnxt_re/EFA tx_bytes.")
         rx_b = counter("kvscope_rdma_port_receive_bytes_total",
-                       "Bytes received: PMA port_rcv_data x 4 on IB/RoCE, hw_counters "
-                       "rx_bytes_cnt (upstream erdma) or hw_rx_bytes_cnt (Alibaba erdma driver).")
+                       "Bytes received: PMA port_rcv_data(_64) x 4 on IB/RoCE; without PMA, "
+                       "hw_counters bytes: erdma (hw_)rx_bytes_cnt, irdma "
+                       "ip4InOctets+ip6InOctets, bnxt_re/EFA rx_bytes.")
         tx_p = counter("kvscope_rdma_port_transmit_packets_total",
-                       "Packets sent: PMA port_xmit_packets, or erdma tx_packets_cnt / "
-                       "hw_tx_packets_cnt.")
+                       "Packets sent: PMA port_xmit_packets(_64); without PMA, erdma "
+                       "(hw_)tx_packets_cnt, irdma ip4OutPkts+ip6OutPkts, bnxt_re/EFA tx_pkts.")
         rx_p = counter("kvscope_rdma_port_receive_packets_total",
-                       "Packets received: PMA port_rcv_packets, or erdma rx_packets_cnt / "
-                       "hw_rx_packets_cnt.")
+                       "Packets received: PMA port_rcv_packets(_64); without PMA, erdma "
+                       "(hw_)rx_packets_cnt, irdma ip4InPkts+ip6InPkts, bnxt_re/EFA rx_pkts.")
         pma = counter("kvscope_rdma_port_counter_total",
                       "Every PMA counter in sysfs ports/<n>/counters/, raw (port_xmit_data and "
                       "port_rcv_data in 4-byte words; legacy counters saturate, see "
                       "kvscope_rdma_port_saturated_counters).")
         hw = counter("kvscope_rdma_hw_counter_total",
                      "Every driver counter in sysfs ports/<n>/hw_counters/ (mlx5 Q and congestion "
-                     "counters, both eRDMA drivers' counters), raw; lifespan excluded. mlx5 "
+                     "counters, both eRDMA drivers' counters, irdma, bnxt_re, EFA), raw; "
+                     "lifespan and current levels (kvscope_rdma_hw_level) excluded. mlx5 "
                      "Q counters are 32-bit and wrap.")
+        hw_level = gauge("kvscope_rdma_hw_level",
+                         "Driver hw_counters/ files that hold a current level, not a count: "
+                         "bnxt_re active_* (resources in use), watermark_* (high-water marks "
+                         "since driver load), db_fifo_register; raw.")
         sat = gauge("kvscope_rdma_port_saturated_counters",
                     "PMA counters of the port pinned at their maximum (2^width-1): the legacy "
                     "32-bit table saturates instead of wrapping, so their rates read 0.")
@@ -257,9 +276,12 @@ class RdmaCollector(Collector):
                 pma.add({**labels, "counter": name}, value)
             for name, value in sorted(p.hw_counters.items()):
                 hw.add({**labels, "counter": name}, value)
+            for name, value in sorted(p.hw_gauges.items()):
+                hw_level.add({**labels, "counter": name}, value)
             if p.counters:
                 sat.add(labels, len(p.saturated))
-        return non_empty(port_info, state, phys, rate, tx_b, rx_b, tx_p, rx_p, sat, pma, hw)
+        return non_empty(port_info, state, phys, rate, tx_b, rx_b, tx_p, rx_p, sat, pma, hw,
+                         hw_level)
 
     def _parse_error_family(self, sources: tuple[str, ...]) -> list[Metric]:
         fam = counter("kvscope_rdma_parse_errors_total",
@@ -326,7 +348,10 @@ class RdmaCollector(Collector):
                         "eadm stat counters kvscope has no stable name for, passed through by "
                         "their eadm key.")
         for dev, stats in sorted(report.stats.items()):
-            self._parse_errors["eadm"] += stats.malformed + (1 if stats.error else 0)
+            for key, text in stats.malformed_lines:
+                self._count_bad_value("eadm", (dev, key), text)
+            if stats.error:
+                self._count_bad_value("eadm", (dev, "output"), stats.error)
             for key, value in stats.counters.items():
                 name = STABLE_NAMES.get(key)
                 if name is None:
@@ -350,7 +375,7 @@ class RdmaCollector(Collector):
                     "kvscope_rdma_device_max_qp.")
         if tool.resources is not None:
             if tool.resources.error is not None:
-                self._parse_errors["rdma_tool"] += 1
+                self._count_bad_value("rdma_tool", (), tool.resources.error)
             for dev, counts in sorted(tool.resources.by_device.items()):
                 if dev not in self._identities:
                     continue  # a device of another sysfs root (fixture trees): not this node's

@@ -5,7 +5,9 @@ format is inferred: one `key : value` line per counter of the out-of-tree erdma 
 (`erdma_stats_names[]`, 55 names), and "Query kernel driver version: 0.2.38" for `ver`. The
 parser is therefore tolerant: any line whose key is an identifier and whose value is an unsigned
 integer counts, whatever the padding or separator (":" or "="); headers, blank lines and lines
-with two separators are skipped; a non-numeric value ("N/A") is counted as malformed.
+with two separators are skipped. A non-numeric value ("N/A") is malformed only on a line that
+names a counter (a driver name, or a key ending in `_cnt` as every driver counter does): a header
+such as "Device: erdma_0" or "Port : 1" is skipped, not an error.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # The OOT driver's counter names, in its enum order (erdma_stats.c), and the stem of the stable
-# kvscope_erdma_<stem>_total family each feeds. The stems follow the shaowenchen/erdma-exporter
-# names so its dashboards translate by prefix: "_cnt" dropped, with four readability renames.
+# kvscope_erdma_<stem>_total family each feeds. The stems are the shaowenchen/erdma-exporter
+# names so its dashboards translate by prefix: "_cnt" dropped, a leading "erdma_" dropped (it
+# would double the prefix), and the exporter's readability renames.
 _RENAMES = {"accept_total_cnt": "accept", "connect_total_cnt": "connect", "reject_cnt": "reject",
             "cmdq_comp_cnt": "cmdq_completed", "hw_tx_reqs_cnt": "hw_tx_requests"}
 OOT_COUNTERS: tuple[str, ...] = (
@@ -38,9 +41,11 @@ OOT_COUNTERS: tuple[str, ...] = (
     "hw_rx_disable_drop_cnt", "hw_rx_bps_limit_drop_cnt", "hw_rx_pps_limit_drop_cnt",
 )
 STABLE_NAMES: Mapping[str, str] = {
-    key: f"kvscope_erdma_{_RENAMES.get(key, key.removesuffix('_cnt'))}_total"
+    key: "kvscope_erdma_"
+         f"{_RENAMES.get(key, key.removesuffix('_cnt').removeprefix('erdma_'))}_total"
     for key in OOT_COUNTERS
 }
+_KNOWN = frozenset(OOT_COUNTERS)
 
 _LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*[:=]\s*(\S.*?)\s*$")
 _UINT = re.compile(r"^\d+$")
@@ -50,13 +55,23 @@ _VERSION = re.compile(r"version\s*:?\s*v?(\d+(?:\.\d+)+)", re.IGNORECASE)
 @dataclass(frozen=True)
 class EadmStats:
     counters: Mapping[str, int] = field(default_factory=dict)
-    malformed: int = 0  # lines that looked like counters but had a non-numeric value
+    # (key, value) of counter lines whose value is not an unsigned integer
+    malformed_lines: tuple[tuple[str, str], ...] = ()
     error: str | None = None  # set when nothing usable came out
+
+    @property
+    def malformed(self) -> int:
+        return len(self.malformed_lines)
+
+
+def names_a_counter(key: str) -> bool:
+    """True for a driver counter name; False for header keys such as "Device" or "Port"."""
+    return key in _KNOWN or key.endswith("_cnt")
 
 
 def parse_stat(text: str) -> EadmStats:
     counters: dict[str, int] = {}
-    malformed = 0
+    malformed: list[tuple[str, str]] = []
     for line in text.splitlines():
         if line.count(":") + line.count("=") != 1:
             continue  # blank, header, or ambiguous ("a : b : c"): not a counter line
@@ -66,12 +81,12 @@ def parse_stat(text: str) -> EadmStats:
         key, value = m.group(1), m.group(2)
         if _UINT.match(value):
             counters[key] = int(value)
-        else:
-            malformed += 1
+        elif names_a_counter(key):
+            malformed.append((key, value[:80]))
     if not counters:
         what = "empty output" if not text.strip() else "no 'name : value' counter lines"
-        return EadmStats({}, malformed, what)
-    return EadmStats(counters, malformed)
+        return EadmStats({}, tuple(malformed), what)
+    return EadmStats(counters, tuple(malformed))
 
 
 def parse_version(text: str) -> str | None:

@@ -10,6 +10,14 @@ Traps handled here, not in the collector:
 - The legacy PMA table is 32 bits wide (error counters 4-16 bits) and saturates at its maximum
   instead of wrapping; a pinned counter is reported as saturated, not as "no traffic".
 - `hw_counters/lifespan` is a cache knob in milliseconds, not a counter.
+- Pre-4.5 kernels (mlx4) have both `counters/` and `counters_ext/`, and either may hold zeros for
+  a value the other counts; each traffic value is taken from wherever it is valid (see
+  `normalize_traffic`).
+- Some `hw_counters` are current levels, not counts (bnxt_re `active_qps`, `watermark_mrs`):
+  `HW_GAUGES` lists them per driver so they are exported as gauges.
+- irdma, bnxt_re and EFA have no PMA counters; their traffic lives in `hw_counters` under
+  driver-specific names (`HW_TRAFFIC`).
+- A port with no link (an empty SFP+ cage) reports `0 GB/sec` with no width or speed.
 """
 
 from __future__ import annotations
@@ -34,13 +42,55 @@ PMA_WIDTH_BITS: Mapping[str, int] = {
     "port_xmit_wait": 32,
 }
 
-# (tx bytes, rx bytes, tx packets, rx packets) hw_counter names per driver; bytes are bytes.
-ERDMA_UPSTREAM_TRAFFIC = ("tx_bytes_cnt", "rx_bytes_cnt", "tx_packets_cnt", "rx_packets_cnt")
-ERDMA_OOT_TRAFFIC = ("hw_tx_bytes_cnt", "hw_rx_bytes_cnt", "hw_tx_packets_cnt",
-                     "hw_rx_packets_cnt")
+
+
+@dataclass(frozen=True)
+class HwTraffic:
+    """Where one driver keeps port traffic in `hw_counters/`: each value is the sum of the named
+    files that exist (irdma splits IPv4 and IPv6). All of these count bytes, not 4-byte words."""
+
+    source: str  # driver(s), also `Traffic.source`
+    tx_bytes: tuple[str, ...]
+    rx_bytes: tuple[str, ...]
+    tx_packets: tuple[str, ...]
+    rx_packets: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.tx_bytes + self.rx_bytes + self.tx_packets + self.rx_packets
+
+
+# The one table of hw_counters traffic per driver, tried in order when a port has no PMA data
+# counters; a row applies when any of its files exists. Names are the kernel's sysfs names
+# (rdma_stat_desc tables of drivers/infiniband/hw/{erdma,irdma,bnxt_re,efa}). The README's RDMA
+# section repeats this table; tests/test_rdma_readme.py keeps the two in step.
+HW_TRAFFIC: tuple[HwTraffic, ...] = (
+    HwTraffic("erdma_oot", ("hw_tx_bytes_cnt",), ("hw_rx_bytes_cnt",), ("hw_tx_packets_cnt",),
+              ("hw_rx_packets_cnt",)),
+    HwTraffic("erdma", ("tx_bytes_cnt",), ("rx_bytes_cnt",), ("tx_packets_cnt",),
+              ("rx_packets_cnt",)),
+    HwTraffic("irdma", ("ip4OutOctets", "ip6OutOctets"), ("ip4InOctets", "ip6InOctets"),
+              ("ip4OutPkts", "ip6OutPkts"), ("ip4InPkts", "ip6InPkts")),
+    # bnxt_re (RoCE function's unicast stats) and AWS EFA use the same four names.
+    HwTraffic("bnxt_re,efa", ("tx_bytes",), ("rx_bytes",), ("tx_pkts",), ("rx_pkts",)),
+)
+
+# hw_counters that hold a current level (resources in use, high-water marks, a register
+# snapshot), not a count since driver load: exported as gauges. By driver, kernel sysfs names.
+HW_GAUGES_BY_DRIVER: Mapping[str, frozenset[str]] = {
+    "bnxt_re": frozenset(
+        [f"active_{r}" for r in ("pds", "ahs", "qps", "rc_qps", "ud_qps", "srqs", "cqs", "mrs",
+                                 "mws")]
+        + [f"watermark_{r}" for r in ("pds", "ahs", "qps", "rc_qps", "ud_qps", "srqs", "cqs",
+                                      "mrs", "mws")]
+        + ["db_fifo_register"]),
+}
+HW_GAUGES: frozenset[str] = frozenset().union(*HW_GAUGES_BY_DRIVER.values())
 
 _STATE = re.compile(r"^\s*(\d+)\s*:\s*(.*?)\s*$")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*Gb/sec\s*(?:\((\d+)X\s*([A-Za-z0-9]*)\))?")
+# "Gb/sec" from the kernel's rate_show; "GB/sec" (with no width) from ports without a link.
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*Gb/sec\s*(?:\((\d+)X\s*([A-Za-z0-9]*)\))?",
+                   re.IGNORECASE)
 _UINT = re.compile(r"^\s*(\d+)\s*$")
 NO_PMA = "N/A"
 
@@ -78,7 +128,7 @@ class Traffic:
     rx_bytes: int | None = None
     tx_packets: int | None = None
     rx_packets: int | None = None
-    source: str = ""  # "pma", "pma_ext", "erdma", "erdma_oot"
+    source: str = ""  # where the values came from, comma-joined: "pma_ext,pma", "irdma", ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +141,8 @@ class Port:
     link_layer: str | None = None
     counters: Mapping[str, int] = field(default_factory=dict)  # PMA counters/, raw values
     counters_ext: Mapping[str, int] = field(default_factory=dict)  # pre-4.5 counters_ext/
-    hw_counters: Mapping[str, int] = field(default_factory=dict)  # lifespan excluded
+    hw_counters: Mapping[str, int] = field(default_factory=dict)  # counts; lifespan excluded
+    hw_gauges: Mapping[str, int] = field(default_factory=dict)  # levels (HW_GAUGES)
     lifespan_ms: int | None = None
     no_pma: bool = False  # counters/ present but every value "N/A (no PMA)"
     saturated: tuple[str, ...] = ()  # PMA counters pinned at their maximum
@@ -146,21 +197,54 @@ def _counters(files: Mapping[str, str], errors: list[ParseError],
 
 def normalize_traffic(counters: Mapping[str, int], counters_ext: Mapping[str, int],
                       hw: Mapping[str, int]) -> Traffic:
-    """Bytes and packets from whichever source the driver has, in order of trust."""
-    if "port_xmit_data_64" in counters_ext:
-        return Traffic(_words(counters_ext.get("port_xmit_data_64")),
-                       _words(counters_ext.get("port_rcv_data_64")),
-                       counters_ext.get("port_xmit_packets_64"),
-                       counters_ext.get("port_rcv_packets_64"), "pma_ext")
-    if "port_xmit_data" in counters or "port_rcv_data" in counters:
-        return Traffic(_words(counters.get("port_xmit_data")),
-                       _words(counters.get("port_rcv_data")),
-                       counters.get("port_xmit_packets"), counters.get("port_rcv_packets"), "pma")
-    for names, source in ((ERDMA_OOT_TRAFFIC, "erdma_oot"), (ERDMA_UPSTREAM_TRAFFIC, "erdma")):
-        if any(n in hw for n in names):
-            tx_b, rx_b, tx_p, rx_p = (hw.get(n) for n in names)
-            return Traffic(tx_b, rx_b, tx_p, rx_p, source)
-    return Traffic()
+    """Bytes and packets, each value from wherever the port has it valid.
+
+    PMA first: `counters_ext/*_64` (pre-4.5 kernels) and `counters/` count the same PMA events
+    since the same reset, but either can be wrong on its own: an extended counter the HCA does
+    not implement reads 0 (mlx4: `port_rcv_packets_64` 0 while `port_rcv_packets` holds 6.8e9),
+    and a legacy 32-bit one pins at 2^32-1. The larger of the two is the valid one, and the
+    maximum of two counters that never decrease never decreases either, so rates stay right.
+    A value no PMA file holds comes from the driver's hw_counters (HW_TRAFFIC).
+    """
+    pma = (
+        _larger(("pma_ext", _words(counters_ext.get("port_xmit_data_64"))),
+                ("pma", _words(counters.get("port_xmit_data")))),
+        _larger(("pma_ext", _words(counters_ext.get("port_rcv_data_64"))),
+                ("pma", _words(counters.get("port_rcv_data")))),
+        _larger(("pma_ext", counters_ext.get("port_xmit_packets_64")),
+                ("pma", counters.get("port_xmit_packets"))),
+        _larger(("pma_ext", counters_ext.get("port_rcv_packets_64")),
+                ("pma", counters.get("port_rcv_packets"))),
+    )
+    row = next((r for r in HW_TRAFFIC if any(n in hw for n in r.names)), None)
+    hw_values = ((None, None, None, None) if row is None else
+                 tuple(_sum(hw, names) for names in
+                       (row.tx_bytes, row.rx_bytes, row.tx_packets, row.rx_packets)))
+    picked: list[tuple[str, int] | None] = []
+    for from_pma, from_hw in zip(pma, hw_values, strict=True):
+        if from_pma is not None:
+            picked.append(from_pma)
+        elif from_hw is not None and row is not None:
+            picked.append((row.source, from_hw))
+        else:
+            picked.append(None)
+    sources = dict.fromkeys(p[0] for p in picked if p is not None)
+    tx_b, rx_b, tx_p, rx_p = (None if p is None else p[1] for p in picked)
+    return Traffic(tx_b, rx_b, tx_p, rx_p, ",".join(sources))
+
+
+def _larger(*candidates: tuple[str, int | None]) -> tuple[str, int] | None:
+    """The largest present value and where it came from; the first wins a tie."""
+    best: tuple[str, int] | None = None
+    for source, value in candidates:
+        if value is not None and (best is None or value > best[1]):
+            best = (source, value)
+    return best
+
+
+def _sum(values: Mapping[str, int], names: tuple[str, ...]) -> int | None:
+    present = [values[n] for n in names if n in values]
+    return sum(present) if present else None
 
 
 def _words(value: int | None) -> int | None:
@@ -210,11 +294,14 @@ def parse_port(raw: RawPort) -> Port:
     pma, no_pma = _counters(counters, errors, "counters")
     ext, _ = _counters(counters_ext, errors, "counters_ext")
     hw_files = {k: v for k, v in hw_counters.items() if k != "lifespan"}
-    hw, _ = _counters(hw_files, errors, "hw_counters")
+    hw_all, _ = _counters(hw_files, errors, "hw_counters")
+    hw = {k: v for k, v in hw_all.items() if k not in HW_GAUGES}
+    levels = {k: v for k, v in hw_all.items() if k in HW_GAUGES}
     lifespan = parse_counter("hw_counters/lifespan", hw_counters.get("lifespan", ""))
     saturated = tuple(n for n, v in pma.items() if is_saturated(n, v))
     return Port(device=device, port=port, state=state, phys_state=phys, rate=rate,
                 link_layer=link_layer, counters=pma, counters_ext=ext, hw_counters=hw,
+                hw_gauges=levels,
                 lifespan_ms=lifespan if isinstance(lifespan, int) else None, no_pma=no_pma,
                 saturated=saturated, traffic=normalize_traffic(pma, ext, hw),
                 errors=tuple(errors))

@@ -288,6 +288,7 @@ if args[:1] == ["stat"]:
     if dev not in devices:
         print("eadm: " + dev + ": not an erdma device", file=sys.stderr)
         sys.exit(1)
+    print("Device: " + dev)  # real eadm output may carry a header; parsers must skip it
     for key, value in devices[dev].items():
         if mode == "malformed" and key.startswith("connect"):
             print(key + " : N/A")

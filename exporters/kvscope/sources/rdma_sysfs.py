@@ -4,12 +4,17 @@ Only I/O happens here; kvscope.parsers.rdma_sysfs turns the text into records. E
 blocks (each PMA counter read is a MAD to the NIC), so the RDMA collector calls them through the
 runtime's thread pool. A file that cannot be read (EINVAL, EPERM, EOPNOTSUPP from drivers that
 do not implement it) is left out, as node_exporter does, never read as zero.
+
+The device filter (`collectors.rdma.devices`) applies to the names in class/infiniband before
+anything under a device is opened: reading the PMA counters of Fabric-Manager-managed ConnectX-7
+PFs floods dmesg, so an excluded device must cost nothing but a directory entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from kvscope.parsers.rdma_sysfs import RawDevice, RawPort
@@ -20,15 +25,19 @@ MAX_FILE = 4096  # sysfs attributes are at most a page
 
 
 class SysfsRdma:
-    def __init__(self, sysfs_root: Path) -> None:
+    def __init__(self, sysfs_root: Path,
+                 wanted: Callable[[str], bool] = lambda _name: True) -> None:
         self.root = sysfs_root
         self.class_dir = sysfs_root / "class" / "infiniband"
+        self._wanted = wanted
 
     def device_names(self) -> list[str]:
+        """The devices to read: class/infiniband entries the device filter lets through."""
         try:
-            return sorted(entry.name for entry in os.scandir(self.class_dir))
+            names = [entry.name for entry in os.scandir(self.class_dir)]
         except OSError:
             return []  # no RDMA stack on this node: no devices, not an error
+        return sorted(n for n in names if self._wanted(n))
 
     def read_devices(self) -> list[RawDevice]:
         return [self._read_device(name) for name in self.device_names()]

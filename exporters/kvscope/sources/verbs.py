@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -77,9 +78,10 @@ def errno_name(code: object) -> str:
 
 
 class VerbsSource:
-    def __init__(self, lib: Any) -> None:
+    def __init__(self, lib: Any, wanted: Callable[[str], bool] = lambda _name: True) -> None:
         self.lib = lib
         self._error = lib.pyverbs_error.PyverbsError
+        self._wanted = wanted  # the device filter: devices it refuses are never opened
 
     def query(self) -> VerbsReport:
         try:
@@ -93,6 +95,8 @@ class VerbsSource:
         errors: list[str] = []
         for dev in devices:
             name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+            if not self._wanted(name):
+                continue
             try:
                 limit, attrs = self._query_device(name)
             except self._error as exc:
