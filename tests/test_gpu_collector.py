@@ -114,7 +114,11 @@ async def test_no_nvml_library_serves_everything_else() -> None:
     assert metrics["kvscope_gpu_nvml_available"] == [({}, 0.0)]
     assert not any(name.startswith("DCGM_") for name in metrics)
     up = {labels["collector"]: v for labels, v in metrics["kvscope_collector_up"]}
-    assert up == {"gpu": 1.0, "self": 1.0}
+    # A GPU collector that exports nothing is down, with its reason; the rest is served.
+    assert up == {"gpu": 0.0, "self": 1.0}
+    errors = {(lb["collector"], lb["reason"]): v
+              for lb, v in metrics["kvscope_collector_errors_total"]}
+    assert errors == {("gpu", "nvml_unavailable"): 1.0}
     assert "process_resident_memory_bytes" in metrics
 
 

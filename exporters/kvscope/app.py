@@ -42,7 +42,21 @@ def build_context(config: Config, *, oneshot: bool = False, fault_delay: float |
 
         ctx.sim = node
         ctx.nvml = FakeNvml(node)
+    else:
+        check_host_roots(config)
     return ctx
+
+
+def check_host_roots(config: Config) -> None:
+    """Refuse a sysfs or procfs root that is not a directory: every sysfs reader would find
+    nothing and report "no such hardware", so a typo in a DaemonSet would look like a node
+    without RDMA NICs instead of failing at start."""
+    for name, root in (("sysfs", config.paths.sysfs), ("procfs", config.paths.procfs)):
+        if not root.is_dir():
+            what = "does not exist" if not root.exists() else "is not a directory"
+            host = "/sys" if name == "sysfs" else "/proc"
+            raise ConfigError(f"{name} root {root} {what} (--path.{name} or paths.{name}; in a "
+                              f"container, mount the host's {host} read-only and point it there)")
 
 
 def build_runtime(ctx: NodeContext) -> Runtime:
