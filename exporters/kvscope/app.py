@@ -102,7 +102,7 @@ async def _serve(ctx: NodeContext) -> None:
     web_config = load_web_config(config.web.config_file) if config.web.config_file else None
     tls = None
     if web_config is not None and web_config.tls_server_config is not None:
-        tls = ssl_context(web_config.tls_server_config, config.web.config_file)  # type: ignore[arg-type]
+        tls = ssl_context(web_config, config.web.config_file)  # type: ignore[arg-type]
     runtime = build_runtime(ctx)
     # A scrape is answered in milliseconds: no reason to wait aiohttp's default 60 s for one.
     runner = web.AppRunner(build_app(runtime, web_config), access_log=None, shutdown_timeout=2.0)

@@ -15,7 +15,7 @@ from aiohttp import web
 from kvscope import __version__
 from kvscope.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from kvscope.runtime import Runtime
-from kvscope.webconfig import BasicAuth, WebConfig
+from kvscope.webconfig import BasicAuth, WebConfig, subject_alt_names
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,16 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
-def basic_auth_middleware(auth: BasicAuth) -> Callable[[web.Request, Handler],
-                                                         Awaitable[web.StreamResponse]]:
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def basic_auth_middleware(auth: BasicAuth, excluded: frozenset[str]) -> Middleware:
     challenge = {"WWW-Authenticate": 'Basic realm="kvscope"'}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in excluded:
+            return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, encoded = header.partition(" ")
         try:
@@ -96,8 +100,29 @@ def basic_auth_middleware(auth: BasicAuth) -> Callable[[web.Request, Handler],
     return middleware
 
 
-def headers_middleware(headers: dict[str, str]) -> Callable[[web.Request, Handler],
-                                                              Awaitable[web.StreamResponse]]:
+def client_cert_middleware(required: bool, allowed_sans: frozenset[str],
+                           excluded: frozenset[str]) -> Middleware:
+    """The HTTP half of client-certificate auth: ssl already verified any certificate against
+    the client CA; here a certificate is required (when the handshake only asked, because of
+    auth_excluded_paths) and its SANs are matched against client_allowed_sans."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in excluded:
+            return await handler(request)
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        if not peercert:
+            if required:
+                return web.Response(status=401, text="client certificate required\n")
+            return await handler(request)
+        if allowed_sans and not subject_alt_names(peercert) & allowed_sans:
+            return web.Response(status=403, text="client certificate SAN not allowed\n")
+        return await handler(request)
+
+    return middleware
+
+
+def headers_middleware(headers: dict[str, str]) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
@@ -112,9 +137,14 @@ def build_app(runtime: Runtime, web_config: WebConfig | None = None) -> web.Appl
     if web_config is not None:
         if web_config.http_server_config.headers:
             middlewares.append(headers_middleware(web_config.http_server_config.headers))
+        excluded = frozenset(web_config.auth_excluded_paths)
+        tls = web_config.tls_server_config
+        if tls is not None and tls.client_auth_type != "NoClientCert":
+            middlewares.append(client_cert_middleware(
+                web_config.client_cert_required, frozenset(tls.client_allowed_sans), excluded))
         auth = BasicAuth(web_config.basic_auth_users)
         if auth.enabled:
-            middlewares.append(basic_auth_middleware(auth))
+            middlewares.append(basic_auth_middleware(auth, excluded))
     app = web.Application(middlewares=middlewares)
     app[RUNTIME_KEY] = runtime
     app.router.add_get("/metrics", metrics)
