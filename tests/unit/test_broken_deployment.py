@@ -30,6 +30,9 @@ def test_serve_without_nvml_says_so_once_and_reports_the_gpu_collector_down(
         up = {lb["collector"]: v for lb, v in metrics["kvscope_collector_up"]}
         assert up["gpu"] == 0 and up["self"] == 1
         assert metrics["kvscope_gpu_nvml_available"] == [({}, 0.0)]
+        page = agent.get("/")[1].decode()  # the index page says why, in words
+        assert "none: NVML not available" in page
+        assert "<code>fast: nvml_unavailable</code>: fast tier: NVML could not be loaded" in page
         code, stderr = agent.terminate()
     assert code == 0
     warnings = [line for line in stderr.splitlines() if "level=WARNING" in line]
