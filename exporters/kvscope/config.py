@@ -166,7 +166,7 @@ class EngineTarget(Strict):
     """One engine /metrics endpoint. Engine and role are optional: the engine is detected from
     metric names, the role from SGLang's engine_type (else `both`)."""
 
-    url: str = Field(description="full URL, e.g. http://10.0.0.5:30000/metrics")
+    url: str = Field(description="full URL, e.g. http://127.0.0.1:30000/metrics")
     engine: EngineName | None = None
     role: EngineRole | None = None
     model: str | None = Field(None, description="model label; default: the engine's own")
@@ -255,7 +255,7 @@ class Paths(Strict):
 class KubernetesSettings(Strict):
     """Where the Kubernetes API is; by default the in-cluster service and service account."""
 
-    api_url: str | None = Field(None, description="e.g. https://10.0.0.1:443; default in-cluster")
+    api_url: str | None = Field(None, description="e.g. https://127.0.0.1:6443; default in-cluster")
     token_file: Path | None = None
     ca_file: Path | None = None
     timeout: PositiveFloat = 5.0
