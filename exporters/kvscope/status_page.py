@@ -47,6 +47,8 @@ REASON_WORDS: dict[str, str] = {
              "dropped from /metrics, not served as if fresh",
     "nvml_unavailable": "NVML could not be loaded: no NVIDIA driver or library on this node, so "
                         "no GPU series (run with --no-collector.gpu on nodes without GPUs)",
+    "no_gpus": "NVML loaded but sees no GPU: the agent's container was not given the node's "
+               "GPUs (NVIDIA_VISIBLE_DEVICES=all)",
     "not_initialised": "NVML was not initialised by the static tier",
     "eadm_timeout": "Alibaba's eadm tool did not answer within eadm_timeout and was killed",
     "eadm_failed": "Alibaba's eadm tool exited with an error",
