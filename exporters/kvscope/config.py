@@ -334,7 +334,7 @@ def _model_at(loc: tuple[int | str, ...], root: type[BaseModel]) -> type[BaseMod
     return None
 
 
-def _allowed_keys(loc: tuple[int | str, ...], root: type[BaseModel] = BaseModel) -> list[str]:
+def _allowed_keys(loc: tuple[int | str, ...], root: type[BaseModel]) -> list[str]:
     model = _model_at(loc[:-1], root)
     return sorted(model.model_fields) if model is not None else []
 
@@ -353,7 +353,7 @@ def describe(err: ValidationError, root: type[BaseModel] | None = None) -> str:
     where = f"'{_dotted(loc)}'" if loc else "top level"
     if first["type"] == "value_error":
         # Our own validators: the message already names the value.
-        return f"{where}: {first['ctx']['error']}{more}"
+        return f"{where}: {first.get('ctx', {}).get('error', first['msg'])}{more}"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{where}: {first['msg']}{shown}{more}"

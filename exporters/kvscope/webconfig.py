@@ -189,6 +189,9 @@ def load_web_config(path: Path) -> WebConfig:
         if key in data:
             raise ConfigError(f"web config {path}: '{key}' is an exporter-toolkit key kvscope "
                               f"does not support ({why}); remove it")
+    if data.get("tls_server_config") in ({}, None):
+        # As in exporter-toolkit: an empty TLS section means plain HTTP, not an error.
+        data.pop("tls_server_config", None)
     try:
         cfg = WebConfig.model_validate(data)
     except ValidationError as exc:

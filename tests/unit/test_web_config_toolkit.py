@@ -262,3 +262,10 @@ def test_a_cipher_this_openssl_cannot_offer_is_named(tmp_path: Path, pki: Pki) -
     with pytest.raises(ConfigError, match="TLS_RSA_WITH_3DES_EDE_CBC_SHA not available in this "
                                           "OpenSSL"):
         load_web_config(path)
+
+
+def test_an_empty_tls_section_means_plain_http_as_in_exporter_toolkit(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text("tls_server_config: {}\nhttp_server_config: {http2: false}\n")
+    cfg = load_web_config(path)
+    assert cfg.tls_server_config is None and cfg.http_server_config.http2 is False
