@@ -243,9 +243,9 @@ def doctor_section(cache: DoctorCache | None) -> str:
     if cache.findings is None:
         note = f"failed: {_e(cache.error)}" if cache.error else "still running; reload shortly"
         return f"{head}<p>{note}</p>"
-    note = ("<p class=note>From the agent's current series (what <code>kvscope doctor</code> "
-            "reports on this node, except per-link NVLink checks unless "
-            "<code>collectors.nvlink.per_link</code> is on).</p>")
+    note = ("<p class=note>From the agent's current series: what <code>kvscope doctor</code> "
+            "reports on this node, with NVLink counted per GPU (which links are down needs "
+            "<code>collectors.nvlink.per_link</code>).</p>")
     if not cache.findings:
         return f"{head}{note}<p class=up>no findings</p>"
     order = {"critical": 0, "warning": 1, "info": 2}

@@ -202,3 +202,21 @@ async def test_doctor_runs_off_the_loop_cached_and_never_for_metrics(
     assert "fix: a &amp; b" in text
     assert "<b>bad</b>" not in text and "&lt;b&gt;bad&lt;/b&gt;" in text
     assert "scenario <code>healthy</code>" in text
+
+
+async def test_doctor_on_default_series_still_sees_down_nvlinks() -> None:
+    """The served agent exports per-GPU NVLink totals by default, not per-link series: the
+    index page's doctor must still report down links and retraining from those."""
+    ctx = sim_context("nvlink-degraded", overrides={"collectors.nvlink.enabled": True})
+    runtime = build_runtime(ctx)
+    await runtime.poll_all_once()
+    try:
+        assert not any(s.name == "kvscope_nvlink_link_up" for f in runtime.families()
+                       for s in f.samples)  # per-link series are off by default
+        cache = DoctorCache(ctx, wait=30)
+        await cache.get(runtime)
+    finally:
+        await runtime.stop()
+    titles = [f.title for f in cache.findings or []]
+    assert "GPU 5: 2 of 18 NVLinks down: NVLink bandwidth to every peer is reduced" in titles
+    assert any(t.startswith("GPU 5: 12 NVLink recoveries") for t in titles)
