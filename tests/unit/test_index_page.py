@@ -64,8 +64,9 @@ class Page(HTMLParser):
             self._open[kind] += data
 
 
-def _titles(text: str) -> set[str]:
-    return {re.sub(r"\d+", "N", line) for line in text}
+def _titles(lines: list[str]) -> set[str]:
+    """Finding titles with their numbers blanked: the page and the CLI read moments apart."""
+    return {re.sub(r"\d+", "N", line) for line in lines}
 
 
 def test_index_page_of_a_real_demo(tmp_path: Path) -> None:
@@ -80,7 +81,7 @@ def test_index_page_of_a_real_demo(tmp_path: Path) -> None:
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;&amp;node" in text
     page = Page(text)
 
-    node = dict(row for row in page.tables["Node"] if len(row) == 2)  # type: ignore[misc]
+    node = {row[0]: row[1] for row in page.tables["Node"] if len(row) == 2}
     assert node["node"] == HOSTILE
     assert node["source"].startswith("simulated node, scenario gpu0-hotspot: GPU 0 syndrome")
     assert node["GPUs"].startswith("8 x NVIDIA H100 80GB HBM3, driver ")

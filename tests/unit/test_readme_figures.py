@@ -27,7 +27,7 @@ def _collect(tmp_path: Path, nvlink: str = "") -> bytes:
         args += ["--config", str(config)]
     result = kvscope(*args, "--log.level", "error", timeout=120)
     assert result.returncode == 0, result.stderr
-    return result.stdout.encode()
+    return str(result.stdout).encode()
 
 
 def _series(body: bytes, pattern: re.Pattern[str] | None = None, per_link: bool = False) -> int:
