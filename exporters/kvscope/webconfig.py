@@ -222,7 +222,9 @@ def ssl_context(web: WebConfig, origin: Path) -> ssl.SSLContext:
     """The server-side SSL context for the web config's TLS settings (which must be present)."""
     tls = web.tls_server_config
     assert tls is not None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # Not ssl.create_default_context(CLIENT_AUTH): that also trusts the system's CAs for client
+    # certificates, so any certificate a public CA signed would pass; only client_ca may.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated in Python, still allowed here
         warnings.simplefilter("ignore", DeprecationWarning)
         ctx.minimum_version = _TLS_VERSIONS[tls.min_version]

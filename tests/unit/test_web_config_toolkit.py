@@ -269,3 +269,12 @@ def test_an_empty_tls_section_means_plain_http_as_in_exporter_toolkit(tmp_path: 
     path.write_text("tls_server_config: {}\nhttp_server_config: {http2: false}\n")
     cfg = load_web_config(path)
     assert cfg.tls_server_config is None and cfg.http_server_config.http2 is False
+
+
+def test_only_the_configured_client_ca_is_trusted(tmp_path: Path, pki: Pki) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(_tls(pki, "  client_auth_type: RequireAndVerifyClientCert\n"
+                              f"  client_ca_file: {pki.ca_file}\n"))
+    ctx = ssl_context(load_web_config(path), path)
+    assert ctx.cert_store_stats()["x509_ca"] == 1  # not the system's CAs as well
+    assert ctx.verify_mode is ssl.CERT_REQUIRED
