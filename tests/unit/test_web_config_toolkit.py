@@ -278,3 +278,21 @@ def test_only_the_configured_client_ca_is_trusted(tmp_path: Path, pki: Pki) -> N
     ctx = ssl_context(load_web_config(path), path)
     assert ctx.cert_store_stats()["x509_ca"] == 1  # not the system's CAs as well
     assert ctx.verify_mode is ssl.CERT_REQUIRED
+
+
+def test_readme_table_names_every_web_config_key() -> None:
+    from agent import REPO
+    from kvscope.webconfig import (
+        UNSUPPORTED_TOP_LEVEL,
+        HttpServerConfig,
+        TlsServerConfig,
+        WebConfig,
+    )
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("### TLS and basic auth")[1].split("### Index page")[0]
+    keys = {*TlsServerConfig.model_fields, *HttpServerConfig.model_fields,
+            *WebConfig.model_fields, *UNSUPPORTED_TOP_LEVEL}
+    missing = sorted(k for k in keys if f"`{k}" not in table and f"{k}`" not in table
+                     and f".{k}`" not in table)
+    assert not missing, f"web config keys the README table does not mention: {missing}"
