@@ -74,3 +74,17 @@ def test_the_guard_catches_what_it_should() -> None:
     assert not _host_ok("169.254.169.254") and not _host_ok("engine.internal")
     assert _host_ok("127.0.0.1") and _host_ok("[::1]") and _host_ok("{host}")
     assert BARE_PRIVATE.search("pod_ip: 172.20.3.4") and not BARE_PRIVATE.search("v172.15.0.1")
+
+
+def test_the_simulated_pods_discovery_dials_are_loopback() -> None:
+    """Discovery dials each pod's podIP: every simulated pod of every scenario must be on
+    loopback, where the simulator's fake engines listen."""
+    from kvscope.sim.scenarios import SimOptions, all_scenarios, build_scenario
+
+    seen = 0
+    for name in all_scenarios():
+        node = build_scenario(name, SimOptions(latency_scale=0.0))
+        for pod in node.pods:
+            assert ipaddress.ip_address(pod.pod_ip).is_loopback, (name, pod.name, pod.pod_ip)
+            seen += 1
+    assert seen > 0
