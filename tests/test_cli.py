@@ -47,7 +47,7 @@ def test_collect_exits_zero_when_a_collector_fails(tmp_path: Path) -> None:
     ("collectors:\n  gpu:\n    cadence: {fast: -5}\n", (),
      "'collectors.gpu.cadence.fast': Input should be greater than 0"),
     ("web:\n  listen_address: nine-four-four-seven\n", (),
-     "'web.listen_address': Value error, must be [host]:port"),
+     "'web.listen_address': must be [host]:port, e.g. ':9447'"),
     ("- just\n- a list\n", (), "top level must be a mapping"),
     ("", ("--web.listen-address", "localhost"), "must be [host]:port"),
     ("", ("--scenario", "no-such-scenario"), "unknown scenario 'no-such-scenario'"),

@@ -172,7 +172,7 @@ def _pod(name: str, ann: dict[str, str], labels: dict[str, str] | None = None,
     return {"metadata": {"name": name, "namespace": "ns", "annotations": ann,
                          "labels": labels or {}},
             "spec": {"containers": [{"name": "c", "ports": ports or []}]},
-            "status": {"phase": phase, "podIP": "10.1.2.3"}}
+            "status": {"phase": phase, "podIP": "127.0.0.23"}}
 
 
 def test_targets_from_pod_annotations_and_pd_labels() -> None:
@@ -196,9 +196,9 @@ def test_targets_from_pod_annotations_and_pd_labels() -> None:
     assert set(targets) == {"annotated", "by-label", "odd-engine"}
     a = targets["annotated"]
     assert (a.url, a.engine, a.role, a.model, a.namespace) == \
-        ("http://10.1.2.3:30000/stats", "sglang", "prefill", "glm", "ns")
+        ("http://127.0.0.23:30000/stats", "sglang", "prefill", "glm", "ns")
     b = targets["by-label"]
-    assert (b.url, b.role, b.engine) == ("http://10.1.2.3:8000/metrics", "decode", None)
+    assert (b.url, b.role, b.engine) == ("http://127.0.0.23:8000/metrics", "decode", None)
     assert targets["odd-engine"].engine is None  # unknown names fall back to detection
 
 

@@ -114,8 +114,22 @@ async def test_no_nvml_library_serves_everything_else() -> None:
     assert metrics["kvscope_gpu_nvml_available"] == [({}, 0.0)]
     assert not any(name.startswith("DCGM_") for name in metrics)
     up = {labels["collector"]: v for labels, v in metrics["kvscope_collector_up"]}
-    assert up == {"gpu": 1.0, "self": 1.0}
+    # A GPU collector that exports nothing is down, with its reason; the rest is served.
+    assert up == {"gpu": 0.0, "self": 1.0}
+    errors = {(lb["collector"], lb["reason"]): v
+              for lb, v in metrics["kvscope_collector_errors_total"]}
+    assert errors == {("gpu", "nvml_unavailable"): 1.0}
     assert "process_resident_memory_bytes" in metrics
+
+
+async def test_nvml_without_gpus_is_a_collector_down_not_an_empty_success() -> None:
+    metrics = await collect(sim_context("healthy", gpus=[]))
+    assert metrics["kvscope_gpu_nvml_available"] == [({}, 1.0)]
+    assert "kvscope_gpu_up" not in metrics
+    up = {labels["collector"]: v for labels, v in metrics["kvscope_collector_up"]}
+    assert up == {"gpu": 0.0, "self": 1.0}
+    errors = metrics["kvscope_collector_errors_total"]
+    assert {(lb["collector"], lb["reason"]) for lb, _ in errors} == {("gpu", "no_gpus")}
 
 
 async def test_gpm_ratios_need_a_real_window() -> None:

@@ -17,6 +17,7 @@ from kvscope.config import Config, ConfigError, set_dotted
 from kvscope.context import NodeContext
 from kvscope.runtime import Runtime
 from kvscope.server import build_app
+from kvscope.status_page import DoctorCache, NodeFacts
 from kvscope.webconfig import load_web_config, ssl_context
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,33 @@ def build_context(config: Config, *, oneshot: bool = False, fault_delay: float |
 
         ctx.sim = node
         ctx.nvml = FakeNvml(node)
+    else:
+        check_host_roots(config)
     return ctx
+
+
+def check_host_roots(config: Config) -> None:
+    """Refuse a sysfs or procfs root that is not a directory: every sysfs reader would find
+    nothing and report "no such hardware", so a typo in a DaemonSet would look like a node
+    without RDMA NICs instead of failing at start."""
+    for name, root in (("sysfs", config.paths.sysfs), ("procfs", config.paths.procfs)):
+        if not root.is_dir():
+            what = "does not exist" if not root.exists() else "is not a directory"
+            host = "/sys" if name == "sysfs" else "/proc"
+            raise ConfigError(f"{name} root {root} {what} (--path.{name} or paths.{name}; in a "
+                              f"container, mount the host's {host} read-only and point it there)")
+
+
+def node_facts(ctx: NodeContext) -> NodeFacts:
+    """What the index page says about the node: its name, and the scenario when simulated."""
+    scenario = ctx.config.scenario if ctx.sim is not None else None
+    description = ""
+    if scenario is not None:
+        from kvscope.sim.scenarios import all_scenarios
+
+        known = all_scenarios().get(scenario)
+        description = known.description if known is not None else ""
+    return NodeFacts(ctx.config.node_name, scenario, description)
 
 
 def build_runtime(ctx: NodeContext) -> Runtime:
@@ -88,10 +115,11 @@ async def _serve(ctx: NodeContext) -> None:
     web_config = load_web_config(config.web.config_file) if config.web.config_file else None
     tls = None
     if web_config is not None and web_config.tls_server_config is not None:
-        tls = ssl_context(web_config.tls_server_config, config.web.config_file)  # type: ignore[arg-type]
+        tls = ssl_context(web_config, config.web.config_file)  # type: ignore[arg-type]
     runtime = build_runtime(ctx)
     # A scrape is answered in milliseconds: no reason to wait aiohttp's default 60 s for one.
-    runner = web.AppRunner(build_app(runtime, web_config), access_log=None, shutdown_timeout=2.0)
+    app = build_app(runtime, web_config, node_facts(ctx), DoctorCache(ctx))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = config.web.host_port()
     site = web.TCPSite(runner, host, port, ssl_context=tls)

@@ -10,7 +10,8 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -191,7 +192,7 @@ class EngineTarget(Strict):
     """One engine /metrics endpoint. Engine and role are optional: the engine is detected from
     metric names, the role from SGLang's engine_type (else `both`)."""
 
-    url: str = Field(description="full URL, e.g. http://10.0.0.5:30000/metrics")
+    url: str = Field(description="full URL, e.g. http://127.0.0.1:30000/metrics")
     engine: EngineName | None = None
     role: EngineRole | None = None
     model: str | None = Field(None, description="model label; default: the engine's own")
@@ -280,7 +281,7 @@ class Paths(Strict):
 class KubernetesSettings(Strict):
     """Where the Kubernetes API is; by default the in-cluster service and service account."""
 
-    api_url: str | None = Field(None, description="e.g. https://10.0.0.1:443; default in-cluster")
+    api_url: str | None = Field(None, description="e.g. https://127.0.0.1:6443; default in-cluster")
     token_file: Path | None = None
     ca_file: Path | None = None
     timeout: PositiveFloat = 5.0
@@ -324,28 +325,77 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    model: type[BaseModel] = Config
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return sorted(model.model_fields)
+def _unwrap(annotation: Any, part: int | str | None = None) -> Any:
+    """The type one step inside `annotation`: X of `X | None`; with a list index or dict key
+    as `part`, the element or value type of tuple[X, ...], list[X], dict[str, X]."""
+    origin = get_origin(annotation)
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if origin in (Union, UnionType) and len(args) == 1:
+        return _unwrap(args[0], part)
+    if part is not None and origin in (tuple, list, set, frozenset) and args:
+        return args[0]
+    if part is not None and origin is dict and len(args) == 2:
+        return args[1]
+    return annotation
 
 
-def describe(err: ValidationError) -> str:
-    """The first problem of a validation error as one operator-facing line."""
-    first = err.errors()[0]
+def _model_at(loc: tuple[int | str, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model whose keys are allowed at `loc` (the path of the offending key's parent)."""
+    current: Any = root
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        else:
+            stepped = _unwrap(current, part)
+            if stepped is current:
+                return None
+            current = stepped
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _allowed_keys(loc: tuple[int | str, ...], root: type[BaseModel]) -> list[str]:
+    model = _model_at(loc[:-1], root)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def describe(err: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """The first problem of a validation error as one operator-facing line; `root` is the model
+    that was validated (the main Config by default), so unknown keys list their siblings."""
+    # A misspelt key also makes the right one "missing": name the misspelling first.
+    first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc = tuple(first["loc"])
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(loc)) or "none"
-        return f"unknown key '{_dotted(loc)}' (allowed here: {allowed})"
+        allowed = _allowed_keys(loc, root or Config)
+        listed = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        return f"unknown key '{_dotted(loc)}'{listed}{more}"
+    where = f"'{_dotted(loc)}'" if loc else "top level"
+    if first["type"] == "value_error":
+        # Our own validators: the message already names the value.
+        return f"{where}: {first.get('ctx', {}).get('error', first['msg'])}{more}"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"'{_dotted(loc)}': {first['msg']}{shown}{more}"
+    return f"{where}: {first['msg']}{shown}{more}"
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Line, column and reason of a YAML error, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if context and context_mark is not None:
+        context += f" (line {context_mark.line + 1}, column {context_mark.column + 1})"
+    reason = f"{context}: {problem}" if context else problem
+    return f"{where}: not valid YAML: {reason}"
 
 
 def read_file(path: Path, what: str = "config file") -> dict[str, Any]:
@@ -353,12 +403,12 @@ def read_file(path: Path, what: str = "config file") -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path}: not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{what} {path}{where}: not valid YAML") from None
+        raise ConfigError(f"{what} {path}{_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

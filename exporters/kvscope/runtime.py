@@ -211,30 +211,42 @@ class Runtime:
         started = time.monotonic()
         error: str | None = None
         families: Sequence[Metric] = ()
+        previous = state.last.error if state.last is not None else None
         if state.pool.busy:
             error = "busy"
-            log.warning("collector %s/%s: previous read still running; poll skipped",
-                        collector.name, tier)
+            self._log_failure(previous, error, "collector %s/%s: previous read still running; "
+                              "poll skipped", collector.name, tier)
         else:
             try:
                 families = await asyncio.wait_for(collector.poll(tier, state.pool),
                                                   state.schedule.timeout)
             except TimeoutError:
                 error = "timeout"
-                log.warning("collector %s/%s: poll exceeded %.1fs", collector.name, tier,
-                            state.schedule.timeout)
+                self._log_failure(previous, error, "collector %s/%s: poll exceeded %.1fs",
+                                  collector.name, tier, state.schedule.timeout)
             except CollectorError as exc:
                 error = exc.reason
-                log.warning("collector %s/%s: %s", collector.name, tier, exc)
+                self._log_failure(previous, error, "collector %s/%s: %s", collector.name, tier,
+                                  exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a broken collector must never break the agent
                 error = type(exc).__name__
                 log.exception("collector %s/%s failed: %s", collector.name, tier, exc)
+        if error is None and previous is not None:
+            log.info("collector %s/%s: recovered (was: %s)", collector.name, tier, previous)
         snap = Snapshot(collector.name, tier, tuple(families), self._clock(),
                         time.monotonic() - started, error)
         self._store(state, snap)
         return snap
+
+    @staticmethod
+    def _log_failure(previous: str | None, reason: str, message: str, *args: object) -> None:
+        # A source that stays down fails every poll: say so when the reason first appears or
+        # changes, then at debug level, so the log is not one line per poll for days (the
+        # counter kvscope_collector_errors_total still counts every one).
+        level = logging.DEBUG if previous == reason else logging.WARNING
+        log.log(level, message, *args)
 
     def _store(self, state: _TierState, snap: Snapshot) -> None:
         previous = state.last_good

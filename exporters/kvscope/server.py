@@ -1,25 +1,28 @@
-"""HTTP endpoints: /metrics (cached bytes), /healthz, /readyz and a small index page."""
+"""HTTP endpoints: /metrics (cached bytes), /healthz, /readyz and the index page
+(status_page.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import html
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from kvscope import __version__
+from kvscope import status_page
 from kvscope.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from kvscope.runtime import Runtime
-from kvscope.webconfig import BasicAuth, WebConfig
+from kvscope.status_page import DoctorCache, NodeFacts
+from kvscope.webconfig import BasicAuth, WebConfig, subject_alt_names
 
 log = logging.getLogger(__name__)
 
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
+FACTS_KEY = web.AppKey("node_facts", NodeFacts)
+DOCTOR_KEY = web.AppKey("doctor_cache", DoctorCache)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -56,30 +59,25 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    health = request.app[RUNTIME_KEY].collector_health()
-    rows = []
-    for name, h in sorted(health.items()):
-        state = "up" if h["up"] else ("starting" if not h["ready"] else "down")
-        errors = "; ".join(str(e) for e in h["errors"])  # type: ignore[attr-defined]
-        rows.append(f"<tr><td>{html.escape(name)}</td><td class={state}>{state}</td>"
-                    f"<td>{html.escape(errors)}</td></tr>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>kvscope</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}
-.up{{color:#1a7f37}}.down{{color:#cf222e}}.starting{{color:#9a6700}}</style></head><body>
-<h1>kvscope {html.escape(__version__)}</h1>
-<p><a href="metrics">/metrics</a> &middot; <a href="healthz">/healthz</a> &middot;
-<a href="readyz">/readyz</a></p>
-<table><tr><th>collector</th><th>state</th><th>last errors</th></tr>{''.join(rows)}</table>
-</body></html>"""
+    runtime = request.app[RUNTIME_KEY]
+    cache = request.app.get(DOCTOR_KEY)
+    if cache is not None:
+        await cache.get(runtime)  # runs in a thread, at most once per cache.max_age
+    facts = request.app.get(FACTS_KEY) or NodeFacts(node_name="")
+    page = status_page.render(facts, runtime.families(), runtime.collector_health(), cache)
     return web.Response(text=page, content_type="text/html")
 
 
-def basic_auth_middleware(auth: BasicAuth) -> Callable[[web.Request, Handler],
-                                                         Awaitable[web.StreamResponse]]:
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def basic_auth_middleware(auth: BasicAuth, excluded: frozenset[str]) -> Middleware:
     challenge = {"WWW-Authenticate": 'Basic realm="kvscope"'}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in excluded:
+            return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, encoded = header.partition(" ")
         try:
@@ -96,8 +94,29 @@ def basic_auth_middleware(auth: BasicAuth) -> Callable[[web.Request, Handler],
     return middleware
 
 
-def headers_middleware(headers: dict[str, str]) -> Callable[[web.Request, Handler],
-                                                              Awaitable[web.StreamResponse]]:
+def client_cert_middleware(required: bool, allowed_sans: frozenset[str],
+                           excluded: frozenset[str]) -> Middleware:
+    """The HTTP half of client-certificate auth: ssl already verified any certificate against
+    the client CA; here a certificate is required (when the handshake only asked, because of
+    auth_excluded_paths) and its SANs are matched against client_allowed_sans."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in excluded:
+            return await handler(request)
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        if not peercert:
+            if required:
+                return web.Response(status=401, text="client certificate required\n")
+            return await handler(request)
+        if allowed_sans and not subject_alt_names(peercert) & allowed_sans:
+            return web.Response(status=403, text="client certificate SAN not allowed\n")
+        return await handler(request)
+
+    return middleware
+
+
+def headers_middleware(headers: dict[str, str]) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
@@ -107,16 +126,29 @@ def headers_middleware(headers: dict[str, str]) -> Callable[[web.Request, Handle
     return middleware
 
 
-def build_app(runtime: Runtime, web_config: WebConfig | None = None) -> web.Application:
+def build_app(runtime: Runtime, web_config: WebConfig | None = None,
+              facts: NodeFacts | None = None,
+              doctor: DoctorCache | None = None) -> web.Application:
+    """The agent's endpoints. `facts` and `doctor` feed the index page only: /metrics serves
+    the runtime's rendered bytes and nothing else."""
     middlewares: list[Any] = []
     if web_config is not None:
         if web_config.http_server_config.headers:
             middlewares.append(headers_middleware(web_config.http_server_config.headers))
+        excluded = frozenset(web_config.auth_excluded_paths)
+        tls = web_config.tls_server_config
+        if tls is not None and tls.client_auth_type != "NoClientCert":
+            middlewares.append(client_cert_middleware(
+                web_config.client_cert_required, frozenset(tls.client_allowed_sans), excluded))
         auth = BasicAuth(web_config.basic_auth_users)
         if auth.enabled:
-            middlewares.append(basic_auth_middleware(auth))
+            middlewares.append(basic_auth_middleware(auth, excluded))
     app = web.Application(middlewares=middlewares)
     app[RUNTIME_KEY] = runtime
+    if facts is not None:
+        app[FACTS_KEY] = facts
+    if doctor is not None:
+        app[DOCTOR_KEY] = doctor
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

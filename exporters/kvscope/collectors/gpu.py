@@ -196,6 +196,18 @@ class GpuCollector(Collector):
         if tier is Tier.STATIC:
             return await self._poll_static(pool)
         if self._unavailable is not None:
+            if tier is Tier.FAST:
+                # A GPU agent that exports no GPU series is broken, not healthy: the fast tier
+                # fails, so kvscope_collector_up{collector="gpu"} is 0 with this reason while
+                # the static tier keeps serving kvscope_gpu_nvml_available 0. On a node that
+                # runs the GPU agent a missing driver or library is a broken deployment (wrong
+                # image, no driver mount), not quiet absent hardware; the runtime logs this at
+                # warning level once, then at debug while it lasts.
+                raise CollectorError(
+                    "nvml_unavailable",
+                    f"no GPU metrics, {self._unavailable} (kvscope_gpu_nvml_available 0); mount "
+                    "the NVIDIA driver library, or run with --no-collector.gpu on nodes without "
+                    "GPUs")
             if tier is Tier.EVENT and not self._ctx.oneshot:
                 await asyncio.sleep(self._cfg.xid_wait)  # nothing to wait on; do not spin
             return []
@@ -203,6 +215,11 @@ class GpuCollector(Collector):
         if source is None or source.inventory is None:
             raise CollectorError("not_initialised", "NVML was not initialised by the static tier")
         if tier is Tier.FAST:
+            if not source.inventory.gpus:
+                # NVML loaded but sees no GPU: the container was not given the node's GPUs.
+                raise CollectorError(
+                    "no_gpus", "NVML sees no GPU, so no GPU metrics; give the agent every GPU "
+                    "(NVIDIA_VISIBLE_DEVICES=all, and no nvidia.com/gpu resource request)")
             readings = await pool.run(source.read, FAST_READERS, with_gpm=self._cfg.gpm)
             return self._fast_families(readings)
         if tier is Tier.SLOW:
@@ -235,7 +252,8 @@ class GpuCollector(Collector):
 
     def _mark_unavailable(self, why: str) -> list[Metric]:
         if self._unavailable is None:
-            # node_exporter's rule: absent hardware is "no data", logged once at debug level.
+            # The operator hears of it once, at warning level, from the fast tier's failure (see
+            # poll); this line only records when it started.
             log.debug("no GPU hardware: %s", why)
         self._unavailable = why
         nvml = gauge("kvscope_gpu_nvml_available",

@@ -76,7 +76,7 @@ def _link_health(runtime: Runtime, section: Section) -> None:
     for labels, value in samples(runtime, "kvscope_nvlink_errors_total"):
         errors[int(labels["gpu"])][labels["error"]] += value
     if not up:
-        section.lines.append("NVLink: none reported (PCIe-only GPUs, or NVML unavailable)")
+        _link_totals_health(runtime, errors, section)
         return
     section.lines.append("NVLink health (error counts since the driver loaded):")
     for gpu in sorted(up):
@@ -182,6 +182,36 @@ def _nic_findings(runtime: Runtime, section: Section) -> None:
             "GPUDirect RDMA traffic crosses the CPU",
             "pin cross-node KV transfer of these GPUs to the nearest NIC, or accept the lower "
             "GPUDirect bandwidth"))
+
+
+def _link_totals_health(runtime: Runtime, errors: dict[int, dict[str, float]],
+                        section: Section) -> None:
+    """The same checks on the per-GPU totals a running agent exports by default (no per-link
+    series): how many links are down is known, which ones is not (the index page reads these)."""
+    links = {int(lb["gpu"]): v for lb, v in samples(runtime, "kvscope_nvlink_links")}
+    active = {int(lb["gpu"]): v for lb, v in samples(runtime, "kvscope_nvlink_links_active")}
+    if not links:
+        section.lines.append("NVLink: none reported (PCIe-only GPUs, or NVML unavailable)")
+        return
+    section.lines.append("NVLink health, per GPU (error counts since the driver loaded):")
+    for gpu in sorted(links):
+        down = int(links[gpu] - active.get(gpu, links[gpu]))
+        errs = errors.get(gpu, {})
+        err_text = " ".join(f"{k}={int(v)}" for k, v in sorted(errs.items()))
+        section.lines.append(f"  GPU{gpu}: {int(links[gpu]) - down}/{int(links[gpu])} links up"
+                             + (f"  {err_text}" if err_text else ""))
+        if down > 0:
+            section.findings.append(Finding(
+                Severity.WARNING, f"GPU {gpu}: {down} of {int(links[gpu])} NVLinks down: NVLink "
+                "bandwidth to every peer is reduced",
+                "check nvidia-smi nvlink --status -i " f"{gpu}; drain the node and reset the "
+                "GPU; persistent down links need the baseboard serviced"))
+        if errs.get("recovery", 0) > 0:
+            section.findings.append(Finding(
+                Severity.WARNING, f"GPU {gpu}: {int(errs['recovery'])} NVLink recoveries "
+                f"({int(errs.get('replay', 0))} replays): a link is retraining",
+                "watch rate(kvscope_nvlink_errors_total{error=\"recovery\"}); if it keeps "
+                "growing, drain the node and have the NVLink/NVSwitch path checked"))
 
 
 async def topology_section(ctx: NodeContext, runtime: Runtime) -> Section:
