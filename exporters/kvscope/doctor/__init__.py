@@ -116,7 +116,7 @@ def _health_from_metrics(snap: Snapshot) -> dict[str, dict[str, Any]]:
 
 def render(sections: list[Section], node_name: str, source: str = LOCAL) -> str:
     marks = {Severity.INFO: "info", Severity.WARNING: "WARN", Severity.CRITICAL: "CRIT"}
-    where = f"node {node_name}" if source == LOCAL else f"agent at {source}"
+    where = f"node {node_name}" + ("" if source == LOCAL else f" (agent at {source})")
     out = [f"kvscope doctor: {where}", ""]
     for section in sections:
         out.append(f"== {section.title} ==")

@@ -7,6 +7,8 @@ machine that can reach the agent's port can run it.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from kvscope.config import Config
 from kvscope.doctor import Snapshot
 from kvscope.parsers.exposition import ParseError, parse
@@ -17,6 +19,16 @@ MAX_BYTES = 64 << 20  # a node with per-link NVLink series is a few MB; refuse a
 
 class AgentUnreadable(Exception):
     """The URL gave no exposition; the message is the one line to show."""
+
+
+def metrics_url(url: str) -> str:
+    """The URL to fetch: http(s) only; a bare host:port gets the agent's /metrics path."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AgentUnreadable(f"--url {url!r}: expected http://HOST:PORT[/metrics]")
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/metrics")
+    return urlunsplit(parts)
 
 
 async def read_agent(url: str, config: Config, time_limit: float) -> Snapshot:

@@ -780,7 +780,28 @@ def _faulted(faults: Mapping[str, Mapping[str, float]], down: Sequence[str] = ()
     return build
 
 
+# The PD pods on a PCIe-only node, placed without regard to CPU sockets: each TP4 group spans
+# both sockets, so its GPUs meet over SYS (the scheduler's NUMA blindness, not the hardware).
+PCIE_TP_PLACEMENT = {PREFILL: (2, 3, 4, 5), DECODE: (0, 1, 6, 7)}
+
+
+def pcie_only_tp(opts: SimOptions) -> SimNode:
+    from kvscope.sim.topology import pcie_only_node
+
+    node = pcie_only_node(opts)
+    for pod in node.pods:
+        gpus = PCIE_TP_PLACEMENT.get(pod.name)
+        if gpus is None:
+            continue
+        pod.gpus = gpus
+        pod.env["NVIDIA_VISIBLE_DEVICES"] = ",".join(node.gpus[i].uuid for i in gpus)
+        engine(node, pod.name).gpus = gpus
+    return node
+
+
 for _scenario in (
+    Scenario("pcie-only-tp", "8 x L40S (PCIe only): each PD pod's TP4 GPUs span both CPU "
+             "sockets and meet over SYS", pcie_only_tp),
     Scenario("kv-cache-full", "decode KV cache at 99.5%: requests queue and get retracted",
              _faulted({DECODE: {"kv_usage": 0.995, "waiting": 85, "preempt_rate": 2.5,
                                 "prealloc_q": 40}})),
