@@ -101,3 +101,18 @@ async def test_parsed_metrics_give_the_findings_of_the_runtime(scenario: str) ->
     def key(f: Finding) -> tuple[Severity, str]:
         return (f.severity, "PD group" if f.title.startswith("PD group") else f.title)
     assert sorted(map(key, there)) == sorted(map(key, here))
+
+
+async def test_a_second_engine_behind_one_target_does_not_add_to_the_first() -> None:
+    from kvscope.doctor.engines import engines_section
+
+    ident = {"instance": "127.0.0.1:8000", "role": "decode", "pod": "p", "namespace": "n"}
+    rows = [("kvscope_engine_up", {**ident, "engine": "dynamo", "reason": ""}, 1.0),
+            # Dynamo and the vLLM it passes through both report the same KV cache
+            ("kvscope_engine_kv_cache_usage_ratio", {**ident, "engine": "dynamo"}, 0.93),
+            ("kvscope_engine_kv_cache_usage_ratio", {**ident, "engine": "vllm"}, 0.93),
+            ("kvscope_pod_gpu_info", {"pod": "p", "gpu": "not-a-number"}, 1.0)]
+    section = await engines_section(Snapshot.from_samples(load(None, {}), "x", rows))
+    (finding,) = section.findings
+    assert finding.severity is Severity.WARNING
+    assert finding.title.startswith("n/p (decode): KV cache 93.0% full")

@@ -77,9 +77,15 @@ def _rows(snap: Snapshot) -> list[EngineRow]:
                    "kv_transfer_last_bytes_per_second", "preemptions_total",
                    "kv_cache_capacity_tokens"):
         for labels, value in samples(snap, P + family):
-            row = rows.get(_key(labels)) or by_instance.get(labels.get("instance", ""))
+            row = rows.get(_key(labels))
+            if row is not None:  # one series per target and family
+                row.values[family] = value
+                continue
+            # A secondary engine (LMCache in a vLLM pod, vLLM behind Dynamo) fills only what
+            # the primary one lacks: the primary's own figure wins.
+            row = by_instance.get(labels.get("instance", ""))
             if row is not None:
-                row.values[family] = row.values.get(family, 0.0) + value
+                row.values.setdefault(family, value)
     for labels, value in samples(snap, P + "pd_queue_requests"):
         row = rows.get(_key(labels))
         if row is not None:
@@ -182,7 +188,8 @@ def _queues(rows: list[EngineRow], section: Section) -> None:
 def _pods_gpus(snap: Snapshot) -> dict[str, list[int]]:
     gpus: dict[str, list[int]] = defaultdict(list)
     for labels, _ in samples(snap, "kvscope_pod_gpu_info"):
-        gpus[labels.get("pod", "")].append(int(labels["gpu"]))
+        if labels.get("gpu", "").isdigit():
+            gpus[labels.get("pod", "")].append(int(labels["gpu"]))
     return {pod: sorted(g) for pod, g in gpus.items()}
 
 
@@ -199,10 +206,10 @@ def _path_text(snap: Snapshot, rows: list[EngineRow]) -> tuple[str, bool]:
     gpus = _pods_gpus(snap)
     order = [k.value for k in P2PKind]
     for labels, _ in samples(snap, "kvscope_gpu_nic_affinity_info"):
-        gpu, path = labels["gpu"], labels.get("path", "SYS")
+        gpu, path = labels.get("gpu", ""), labels.get("path", "SYS")
         best = nics.get(gpu)
         if path in order and (best is None or order.index(path) < order.index(best.split()[1])):
-            nics[gpu] = f"{labels['nic']} {path}"
+            nics[gpu] = f"{labels.get('nic', '?')} {path}"
     for pod in sorted(pods):
         own = [nics[str(g)] for g in gpus.get(pod, []) if str(g) in nics]
         if own:

@@ -190,11 +190,12 @@ REMEDY_SYS = (
 def _pod_gpu_paths(snap: Snapshot, section: Section) -> None:
     """A pod whose own GPUs meet only across CPU sockets (SYS): its tensor-parallel traffic
     (all-reduce, and KV between ranks) crosses the SMP interconnect, often without P2P."""
-    links = {(lb["gpu"], lb["peer_gpu"]): lb.get("link_type", "")
+    links = {(lb.get("gpu"), lb.get("peer_gpu")): lb.get("link_type", "")
              for lb, _ in samples(snap, "kvscope_gpu_p2p_link_info")}
     pods: dict[tuple[str, str], set[str]] = defaultdict(set)
     for labels, _ in samples(snap, "kvscope_pod_gpu_info"):
-        pods[(labels.get("namespace", ""), labels.get("pod", ""))].add(labels["gpu"])
+        if labels.get("gpu", "").isdigit():
+            pods[(labels.get("namespace", ""), labels.get("pod", ""))].add(labels["gpu"])
     for (namespace, pod), gpus in sorted(pods.items()):
         ordered = sorted(gpus, key=int)
         sys_pairs = [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]

@@ -780,7 +780,9 @@ def _faulted(faults: Mapping[str, Mapping[str, float]], down: Sequence[str] = ()
     return build
 
 
-# The PD pods on a PCIe-only node, placed without regard to CPU sockets: each TP4 group spans
+# Registered here rather than with the topology scenarios because it moves the engines' pods
+# (and their engines' GPUs) together. The PD pods on a PCIe-only node, placed without regard to
+# CPU sockets: each TP4 group spans
 # both sockets, so its GPUs meet over SYS (the scheduler's NUMA blindness, not the hardware).
 PCIE_TP_PLACEMENT = {PREFILL: (2, 3, 4, 5), DECODE: (0, 1, 6, 7)}
 
