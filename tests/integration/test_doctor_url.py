@@ -13,6 +13,10 @@ def test_doctor_reads_a_running_demo_and_reports_its_incident() -> None:
     with Agent("demo", "--scenario", "kv-cache-full", "--sim.fault-delay", "0") as agent:
         agent.wait_ready()
         done = kvscope("doctor", "--url", agent.base)  # bare host:port: /metrics is added
+        # the agent polls engines every 5 s: a window of 6 s spans a new poll
+        twice = kvscope("doctor", "--url", f"{agent.base}/metrics", "--window", "6")
+    assert twice.returncode == 1, twice.stderr
+    assert "GB/s (over the last 6 s)" in twice.stdout
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
     assert out.startswith(f"kvscope doctor: node e2e-node (agent at {agent.base}/metrics)\n")
@@ -42,3 +46,10 @@ def test_a_url_that_is_not_an_agent_is_refused() -> None:
     assert scheme.returncode == 2
     assert scheme.stderr == ("kvscope: error: --url '127.0.0.1:9447': expected "
                              "http://HOST:PORT[/metrics]\n")
+
+
+def test_url_and_scenario_together_are_refused() -> None:
+    done = kvscope("doctor", "--url", "http://127.0.0.1:9/metrics", "--scenario", "healthy")
+    assert done.returncode == 2
+    assert done.stderr.startswith("kvscope: error: --url reads another agent; --scenario does "
+                                  "not apply")

@@ -116,3 +116,37 @@ async def test_a_second_engine_behind_one_target_does_not_add_to_the_first() -> 
     (finding,) = section.findings
     assert finding.severity is Severity.WARNING
     assert finding.title.startswith("n/p (decode): KV cache 93.0% full")
+
+
+async def test_window_turns_totals_into_the_current_transfer_speed() -> None:
+    ctx = build_context(load(None, {"scenario": "kv-transfer-slow"}), oneshot=True)
+    text, code = await doctor.run(ctx, window=1.0)
+    assert code == 1
+    # since start the transfers averaged ~8.7 GB/s; the fault's 0.25 GB/s shows only in a window
+    assert "transfers ran at 0.25 GB/s (over the last 1 s)" in text
+    assert "xfer 0.25 GB/s (over the last 1 s)" in text
+
+
+def _failure_rows(failed: float) -> list[tuple[str, dict[str, str], float]]:
+    ident = {"instance": "127.0.0.1:30000", "engine": "sglang", "role": "prefill", "pod": "p",
+             "namespace": "n"}
+    return [("kvscope_engine_up", {**ident, "reason": ""}, 1.0),
+            ("kvscope_engine_kv_transfer_failures_total", {**ident, "kind": "transfer"}, failed)]
+
+
+@pytest.mark.parametrize(("before", "after", "severity", "words"), [
+    (3.0, 7.0, Severity.WARNING, "failed KV transfers in the last 5 s (transfer 4)"),
+    (7.0, 7.0, Severity.INFO, "failed KV transfers since start, none in the last 5 s "
+                              "(transfer 7)"),
+])
+async def test_failures_in_the_window_warn_and_old_ones_inform(
+        before: float, after: float, severity: Severity, words: str) -> None:
+    from kvscope.doctor import with_previous
+    from kvscope.doctor.engines import engines_section
+
+    config = load(None, {})
+    first = Snapshot.from_samples(config, "x", _failure_rows(before))
+    snap = with_previous(Snapshot.from_samples(config, "x", _failure_rows(after)), first, 5.0)
+    (finding,) = (await engines_section(snap)).findings
+    assert finding.severity is severity
+    assert f"n/p (prefill): {words}" in finding.title

@@ -15,6 +15,7 @@ read is exit 2 with one line on stderr (as a configuration error).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -70,6 +71,9 @@ class Snapshot:
     # collector -> {"up": bool, "errors": [str]}; from the runtime, or from the health metrics
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
     pd: PdAnalysis | None = None  # None when read from a URL or the topology collector is off
+    # With --window: the snapshot taken `window` seconds before this one, for rates.
+    previous: Snapshot | None = None
+    window: float = 0.0
 
     def samples(self, name: str) -> list[tuple[Labels, float]]:
         return self.series.get(name, [])
@@ -148,6 +152,12 @@ def local_snapshot(ctx: NodeContext, runtime: Runtime) -> Snapshot:
     return snap
 
 
+def with_previous(snap: Snapshot, previous: Snapshot, window: float) -> Snapshot:
+    snap.previous = previous
+    snap.window = window
+    return snap
+
+
 async def report(snap: Snapshot) -> tuple[str, int]:
     """The report and the exit code (1 when any finding is critical)."""
     from kvscope import doctor_sections  # noqa: F401 - registers the sections
@@ -167,8 +177,8 @@ def _node_from(snap: Snapshot) -> str:
     return "(unknown)"
 
 
-async def run(ctx: NodeContext) -> tuple[str, int]:
-    """Poll this node once and report on it."""
+async def run(ctx: NodeContext, window: float = 0.0) -> tuple[str, int]:
+    """Poll this node once (twice, `window` seconds apart, for rates) and report on it."""
     from kvscope.app import build_runtime, start_sim_services
 
     # A person reading the report wants every link, whatever the agent exports by default.
@@ -181,6 +191,10 @@ async def run(ctx: NodeContext) -> tuple[str, int]:
         try:
             await runtime.poll_all_once()
             snap = local_snapshot(ctx, runtime)
+            if window > 0:
+                await asyncio.sleep(window)
+                await runtime.poll_all_once()
+                snap = with_previous(local_snapshot(ctx, runtime), snap, window)
         finally:
             await runtime.stop()
     return await report(snap)

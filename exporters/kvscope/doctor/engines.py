@@ -105,26 +105,50 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def _speed(row: EngineRow) -> float | None:
-    """Bytes per second of one transfer: the last-transfer gauge, else the average since
-    start (bytes_total / seconds_total)."""
+@dataclass(frozen=True)
+class Rates:
+    """The snapshot before this one (`kvscope doctor --window`), to turn totals into rates."""
+
+    rows: dict[tuple[str, str], EngineRow]
+    window: float
+
+    def before(self, row: EngineRow) -> EngineRow | None:
+        return self.rows.get(_key(row.labels))
+
+
+def _unchanged(rates: Rates, row: EngineRow) -> bool:
+    before = rates.before(row)
+    return before is not None and before.values == row.values
+
+
+def _speed(row: EngineRow, rates: Rates | None) -> tuple[float, str] | None:
+    """(bytes per second of one transfer, over what): over the window when transfers happened
+    in it, else the last-transfer gauge, else the average since start."""
+    before = rates.before(row) if rates is not None else None
+    if rates is not None and before is not None:
+        moved = row.values.get("kv_transfer_bytes_total", 0.0) - \
+            before.values.get("kv_transfer_bytes_total", 0.0)
+        took = row.values.get("kv_transfer_seconds_total", 0.0) - \
+            before.values.get("kv_transfer_seconds_total", 0.0)
+        if moved > 0 and took > 0:
+            return moved / took, f"over the last {rates.window:g} s"
     last = row.values.get("kv_transfer_last_bytes_per_second")
     if last:
-        return last
-    moved = row.values.get("kv_transfer_bytes_total")
-    took = row.values.get("kv_transfer_seconds_total")
-    return moved / took if moved and took else None
+        return last, "last transfer"
+    moved = row.values.get("kv_transfer_bytes_total", 0.0)
+    took = row.values.get("kv_transfer_seconds_total", 0.0)
+    return (moved / took, "average since start") if moved and took else None
 
 
-def _table(rows: list[EngineRow], section: Section) -> None:
+def _table(rows: list[EngineRow], rates: Rates | None, section: Section) -> None:
     section.lines.append(f"{'engine':<9}{'role':<9}{'target':<36}{'state':<16}{'KV':>5}"
                          f"{'run':>6}{'wait':>6}  PD queues / KV transfer")
     for row in rows:
         state = "up" if row.up else f"DOWN ({row.reason})"
         queues = " ".join(f"{k}={v:.0f}" for k, v in sorted(row.queues.items()) if v)
-        speed = _speed(row)
-        extra = " ".join(x for x in (queues, f"xfer {speed / 1e9:.2f} GB/s" if speed else "")
-                         if x)
+        speed = _speed(row, rates)
+        xfer = f"xfer {speed[0] / 1e9:.2f} GB/s ({speed[1]})" if speed else ""
+        extra = " ".join(x for x in (queues, xfer) if x)
         section.lines.append(
             f"{row.labels.get('engine', ''):<9}{row.role:<9}{row.name:<36.36}{state:<16.16}"
             f"{_pct(row.values.get('kv_cache_usage_ratio')):>5}"
@@ -218,16 +242,18 @@ def _path_text(snap: Snapshot, rows: list[EngineRow]) -> tuple[str, bool]:
     return "path unknown (no PD pair or pod attribution on this node)", False
 
 
-def _transfer(snap: Snapshot, rows: list[EngineRow], section: Section) -> None:
+def _transfer(snap: Snapshot, rows: list[EngineRow], rates: Rates | None,
+              section: Section) -> None:
     stuck = [(r, stage, n) for r in rows for stage, n in sorted(r.queues.items())
              if stage in ("inflight", "transfer", "host_receive") or stage.startswith("kv_fetch")
              if n >= PD_BACKLOG]
     if stuck:
         what = "; ".join(f"{n:.0f} in {stage} on {r.name} ({r.role})" for r, stage, n in stuck)
         path, nvlink = _path_text(snap, [r for r, _, _ in stuck])
-        speeds = [s for r in rows if (s := _speed(r))]
-        average = (f"; transfers averaged {min(speeds) / 1e9:.2f} GB/s since start"
-                   if speeds else "")
+        speeds = [s for r in rows if (s := _speed(r, rates))]
+        slowest = min(speeds) if speeds else None
+        average = (f"; transfers ran at {slowest[0] / 1e9:.2f} GB/s ({slowest[1]})"
+                   if slowest else "")
         hint = ("NVLink moves hundreds of GB/s: a backlog over it means the transfer backend "
                 "does not use it (check that the NVLink counters of these GPUs move, and the "
                 "Topology section for IPC/visibility) or the engines wait on each other"
@@ -237,23 +263,37 @@ def _transfer(snap: Snapshot, rows: list[EngineRow], section: Section) -> None:
         section.findings.append(Finding(
             Severity.CRITICAL, f"KV transfer backlog: {what}{average}. Likely path: {path}", hint))
     for row in rows:
-        speed = _speed(row)
-        if speed is not None and speed < SLOW_BYTES_PER_SECOND and not stuck:
+        speed = _speed(row, rates)
+        if speed is not None and speed[0] < SLOW_BYTES_PER_SECOND and not stuck:
             path, _ = _path_text(snap, [row])
             section.findings.append(Finding(
                 Severity.WARNING, f"{row.name} ({row.role}): KV transfers run at "
-                f"{speed / 1e9:.2f} GB/s. Likely path: {path}",
+                f"{speed[0] / 1e9:.2f} GB/s ({speed[1]}). Likely path: {path}",
                 "compare with the path's bandwidth (NVLink: hundreds of GB/s, a 200 Gb/s NIC: "
                 "25 GB/s); a TCP fallback runs at well under 1 GB/s"))
         if row.failures:
-            kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(row.failures.items()))
-            path, _ = _path_text(snap, [row])
-            section.findings.append(Finding(
-                Severity.WARNING, f"{row.name} ({row.role}): failed KV transfers since start "
-                f"({kinds}). Likely path: {path}",
-                "rate(kvscope_engine_kv_transfer_failures_total[5m]) says whether they still "
-                "happen; the engine's log names the peer; see the RDMA section for QP and "
-                "port errors"))
+            _failures(snap, row, rates, section)
+
+
+def _failures(snap: Snapshot, row: EngineRow, rates: Rates | None, section: Section) -> None:
+    """Failed transfers: new ones (in the window, or since start without one) are a warning;
+    only old ones, with none in the window, are info."""
+    before = rates.before(row) if rates is not None else None
+    severity, counts, when = Severity.WARNING, row.failures, "since start"
+    if rates is not None and before is not None:
+        fresh = {k: v - before.failures.get(k, 0.0) for k, v in row.failures.items()}
+        fresh = {k: v for k, v in fresh.items() if v > 0}
+        if fresh:
+            counts, when = fresh, f"in the last {rates.window:g} s"
+        else:
+            severity, when = Severity.INFO, f"since start, none in the last {rates.window:g} s"
+    kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(counts.items()))
+    path, _ = _path_text(snap, [row])
+    section.findings.append(Finding(
+        severity, f"{row.name} ({row.role}): failed KV transfers {when} ({kinds}). Likely "
+        f"path: {path}",
+        "rate(kvscope_engine_kv_transfer_failures_total[5m]) says whether they still happen; "
+        "the engine's log names the peer; see the RDMA section for QP and port errors"))
 
 
 async def engines_section(snap: Snapshot) -> Section:
@@ -264,10 +304,16 @@ async def engines_section(snap: Snapshot) -> Section:
         section.lines.append("engines collector disabled" if health is None and not snap.remote
                              else "no engine targets (static targets or annotated pods)")
         return section
-    _table(rows, section)
+    rates = Rates({_key(r.labels): r for r in _rows(snap.previous)}, snap.window) \
+        if snap.previous is not None else None
+    _table(rows, rates, section)
+    if rates is not None and all(_unchanged(rates, r) for r in rows if r.up):
+        section.lines.append(f"(nothing moved in the {rates.window:g} s window: make it longer "
+                             "than the agent's engine poll interval, 5 s by default; totals "
+                             "since start are shown)")
     _down(rows, section)
     _kv_pressure(rows, section)
     _queues(rows, section)
-    _transfer(snap, [r for r in rows if r.up], section)
+    _transfer(snap, [r for r in rows if r.up], rates, section)
     return section
 

@@ -7,10 +7,11 @@ machine that can reach the agent's port can run it.
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit, urlunsplit
 
 from kvscope.config import Config
-from kvscope.doctor import Snapshot
+from kvscope.doctor import Snapshot, with_previous
 from kvscope.parsers.exposition import ParseError, parse
 from kvscope.sources.http_scrape import ScrapeFailure, new_session, scrape
 
@@ -31,7 +32,17 @@ def metrics_url(url: str) -> str:
     return urlunsplit(parts)
 
 
-async def read_agent(url: str, config: Config, time_limit: float) -> Snapshot:
+async def read_agent(url: str, config: Config, time_limit: float,
+                     window: float = 0.0) -> Snapshot:
+    """The agent's snapshot; with `window`, read twice that many seconds apart for rates."""
+    snap = await _read_once(url, config, time_limit)
+    if window <= 0:
+        return snap
+    await asyncio.sleep(window)
+    return with_previous(await _read_once(url, config, time_limit), snap, window)
+
+
+async def _read_once(url: str, config: Config, time_limit: float) -> Snapshot:
     async with new_session() as session:
         got = await scrape(session, url, time_limit=time_limit, max_bytes=MAX_BYTES)
     if isinstance(got, ScrapeFailure):
