@@ -58,8 +58,8 @@ class Load:
     itl: float = 0.025
     preempt_rate: float = 0.0
     xfer_latency: float = 0.012  # seconds per KV transfer (median)
-    xfer_gbps: float = 8.7  # GB/s
-    xfer_mb: float = 104.0  # MB per transfer
+    xfer_gbps: float = 8.7  # GB/s as SGLang prints it (GiB/s; its gauge-era builds)
+    xfer_mb: float = 104.0  # MB per transfer (SGLang prints MiB; the others get x 1e6 bytes)
     bootstrap_q: float = 1.0
     inflight_q: float = 2.0
     prealloc_q: float = 1.0
@@ -179,10 +179,11 @@ SGLANG_ITL = [0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035,
               0.08, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8]
 SGLANG_E2E = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600,
               1200, 1800, 2400]
+# SGLang's 2026 kv_transfer_* histogram bounds (its scheduler metrics collector).
 SGLANG_SPEED = [0.1, 0.5, 1, 5, 10, 25, 50, 100, 200, 400]
-SGLANG_LAT_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
-SGLANG_MB = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-SGLANG_BOOT_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2500]
+SGLANG_LAT_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
+SGLANG_MB = [1, 5, 10, 50, 100, 500, 1000, 5000, 10000]
+SGLANG_BOOT_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500]
 TGI_DURATION = [0.0001 * 1.5 ** k for k in range(1, 36)]
 NIXL_XFER = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0]
 NIXL_BYTES = [2.0 ** k for k in range(11, 34, 2)]
