@@ -68,17 +68,56 @@ EXPECTED: dict[str, Expect] = {
         ("pd_queue_requests", {"stage": "bootstrap"}, 2.0),
         ("pd_queue_requests", {"stage": "inflight"}, 4.0),
         ("kv_transfer_seconds_total", {}, 0.64),  # 640 ms
+        # the speed histogram: sum in GiB/s x 2^30, counts unchanged (bounds: test_normalize)
+        ("kv_transfer_speed_bytes_per_second_count", {}, 50.0),
+        ("kv_transfer_speed_bytes_per_second_sum", {}, 412.5 * 2 ** 30),
         ("kv_transfer_failures_total", {"kind": "transfer"}, 0.0)],
         ["kv_transfer_last_seconds", "kv_transfer_bytes_total"]),
     "sglang_pd_prefill_gauge": ("sglang", "prefill", "glm", [
         ("pd_queue_requests", {"stage": "bootstrap"}, 2.0),  # older prealloc name
         ("kv_transfer_last_seconds", {}, 0.0124),
-        ("kv_transfer_last_bytes_per_second", {}, 8.7e9)], ["kv_transfer_seconds_total"]),
+        # SGLang's GB/s is GiB/s: 8.7 x 2^30 B/s.
+        ("kv_transfer_last_bytes_per_second", {}, 8.7 * 2 ** 30)], ["kv_transfer_seconds_total"]),
     "sglang_decode_priority": ("sglang", "decode", "m", [
         ("requests_running", {}, 14.0),  # priority="" only, not 28
         ("requests_waiting", {}, 2.0),
         ("pd_queue_requests", {"stage": "prealloc"}, 3.0),
         ("pd_queue_requests", {"stage": "transfer"}, 1.0)], []),
+    # Priority scheduling, 2026 names: queue gauges read their priority="" total (not 28 from
+    # adding the parts), tokenizer series have no total and every priority is summed (only the
+    # priority="" part would be 40% of the prompt tokens and 26 of 65 TTFT observations <= 0.6).
+    "sglang_decode_priority_2026": ("sglang", "decode", "m", [
+        ("requests_running", {}, 14.0), ("requests_waiting", {}, 6.0),
+        ("pd_queue_requests", {"stage": "prealloc"}, 3.0),
+        ("pd_queue_requests", {"stage": "transfer"}, 1.0),
+        ("pd_queue_requests", {"stage": "host_receive"}, 2.0),
+        ("kv_cache_capacity_tokens", {}, 720000.0),
+        ("prompt_tokens_total", {}, 100000.0), ("generation_tokens_total", {}, 10000.0),
+        ("requests_total", {"outcome": "success"}, 96.0),
+        ("requests_total", {"outcome": "aborted"}, 4.0),
+        ("time_to_first_token_seconds_bucket", {"le": "0.6"}, 65.0),
+        ("time_to_first_token_seconds_count", {}, 100.0),
+        ("time_to_first_token_seconds_sum", {}, 50.0),
+        ("e2e_request_latency_seconds_count", {}, 100.0)], []),
+    # kv_transfer_total_mb is MiB upstream: 1600 MiB = 1600 x 2^20 bytes.
+    "sglang_pd_prefill_mib": ("sglang", "prefill", "glm", [
+        ("kv_transfer_bytes_total", {}, 1600 * 2 ** 20),
+        ("kv_transfer_seconds_total", {}, 0.2)], ["kv_transfer_last_seconds"]),
+    "vllm_v1_mooncake_store": ("vllm", "both", "m", [
+        ("external_prefix_cache_query_tokens_total", {}, 206000.0),
+        ("external_prefix_cache_hit_tokens_total", {}, 204800.0),
+        ("kv_store_io_bytes_total", {"direction": "read"}, 4.194304e9),
+        ("kv_store_io_bytes_total", {"direction": "write"}, 6.291456e9),
+        ("kv_store_io_seconds_total", {"direction": "read"}, 0.8),  # save_exists left out
+        ("kv_store_io_seconds_total", {"direction": "write"}, 1.5),
+        ("kv_transfer_failures_total", {"kind": "store_read"}, 2.0)],
+        ["prefix_cache_hit_tokens_total", "kv_transfer_bytes_total"]),
+    "lmcache_remote": ("lmcache", "both", "llama", [
+        ("external_prefix_cache_query_tokens_total", {}, 900000.0),
+        ("external_prefix_cache_hit_tokens_total", {}, 540000.0),
+        ("kv_store_io_bytes_total", {"direction": "read"}, 3.2e10),  # worker_id repeats: max
+        ("kv_store_io_bytes_total", {"direction": "write"}, 1.1e10)],
+        ["prefix_cache_hit_tokens_total"]),
     "lmdeploy": ("lmdeploy", "both", "Qwen/Qwen2.5-7B-Instruct", [
         ("kv_cache_usage_ratio", {}, 0.37), ("requests_running", {}, 12.0),
         ("requests_waiting", {}, 3.0),
@@ -94,7 +133,9 @@ EXPECTED: dict[str, Expect] = {
     "tgi_router": ("tgi", "both", "", [
         ("requests_running", {}, 32.0), ("requests_waiting", {}, 4.0),
         ("requests_total", {"outcome": "success"}, 1031.0),
-        ("requests_total", {"outcome": "error"}, 11.0)],
+        ("requests_total", {"outcome": "error"}, 11.0),
+        ("kv_cache_capacity_tokens", {}, 262144.0),  # the token budget, not a usage ratio
+        ("batch_reserved_tokens", {}, 61440.0)],
         ["kv_cache_usage_ratio", "time_to_first_token_seconds_count",
          "prefix_cache_hit_tokens_total"]),
     "mooncake_tent": ("mooncake", "both", "", [

@@ -165,3 +165,24 @@ def test_difference_counter_holds_through_a_dip() -> None:
     assert _accumulated(acc, text % (100, 5))[key] == 96
     assert _accumulated(acc, text % (102, 5))[key] == 97
     assert acc.resets == 0
+
+
+def test_sglang_speed_histogram_bounds_scale_to_bytes_per_second() -> None:
+    norm = _norm(fixture("sglang_pd_prefill_histogram"))
+    (speed,) = [h for h in norm.histograms
+                if h.family == P + "kv_transfer_speed_bytes_per_second"]
+    # upstream bounds 0.1 ... 25 GiB/s (then +Inf), counts as printed
+    assert speed.buckets[0] == (pytest.approx(0.1 * 2 ** 30), 0.0)
+    assert dict(speed.buckets)[5.0 * 2 ** 30] == 6.0
+    assert speed.buckets[-1] == (float("inf"), 50.0)
+
+
+def test_priority_split_without_total_is_summed_with_total_read_alone() -> None:
+    text = ('sglang:num_queue_reqs{priority="",tp_rank="0"} 5\n'
+            'sglang:num_queue_reqs{priority="1",tp_rank="0"} 3\n'
+            'sglang:num_queue_reqs{priority="2",tp_rank="0"} 2\n'
+            'sglang:generation_tokens_total{model_name="m",priority=""} 40\n'
+            'sglang:generation_tokens_total{model_name="m",priority="1"} 60\n')
+    got = _values(_norm(text))
+    assert got[("requests_waiting", ())] == 5
+    assert got[("generation_tokens_total", ())] == 100

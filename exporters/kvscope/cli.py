@@ -142,13 +142,38 @@ def collect(config: Config) -> None:
 
 @main.command()
 @_common_options
+@click.option("--url", help="Read a running agent's /metrics instead of this node "
+              "(http://HOST:PORT[/metrics]); needs no privilege on that node.")
+@click.option("--url.timeout", "url_timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for the agent at --url.")
+@click.option("--window", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="Read twice, this many seconds apart, to judge rates (KV transfer speed, "
+              "new failures) instead of totals since start.")
 @_run
-def doctor(config: Config) -> None:
-    """Check this node (or a simulated one) and explain what is wrong. Exit 1 if critical."""
-    from kvscope import doctor as doctor_module
-    from kvscope.app import build_context
+def doctor(config: Config, url: str | None, url_timeout: float, window: float) -> None:
+    """Check this node (or a simulated one, or the agent at --url) and explain what is wrong.
 
-    report, code = asyncio.run(doctor_module.run(build_context(config, oneshot=True)))
+    Exit 0: no critical finding; 1: a critical finding; 2: bad configuration or --url could
+    not be read."""
+    from kvscope import doctor as doctor_module
+
+    if url is not None:
+        from kvscope.doctor.remote import AgentUnreadable, metrics_url, read_agent
+
+        if config.scenario is not None:
+            _fail("--url reads another agent; --scenario does not apply to it (run the demo "
+                  "with the scenario and point --url at it)")
+
+        try:
+            snap = asyncio.run(read_agent(metrics_url(url), config, url_timeout, window))
+        except AgentUnreadable as exc:
+            _fail(str(exc))
+        report, code = asyncio.run(doctor_module.report(snap))
+    else:
+        from kvscope.app import build_context
+
+        report, code = asyncio.run(doctor_module.run(build_context(config, oneshot=True),
+                                                     window))
     sys.stdout.write(report)
     _leave(code)
 

@@ -107,10 +107,12 @@ class DoctorFinding:
 def _run_sections(ctx: NodeContext, view: Runtime) -> list[DoctorFinding]:
     from kvscope import doctor, doctor_sections  # noqa: F401 - registers the sections
 
+    snap = doctor.local_snapshot(ctx, view)
+
     async def run_all() -> list[DoctorFinding]:
         found = []
         for build in doctor.SECTIONS:
-            section = await build(ctx, view)
+            section = await build(snap)
             found += [DoctorFinding(f.severity.name.lower(), section.title, f.title, f.fix)
                       for f in section.findings]
         return found

@@ -18,8 +18,7 @@ from agent import Agent, kvscope
 from conftest import FrozenClock, parse, sim_context
 from kvscope import doctor
 from kvscope.app import build_runtime, node_facts
-from kvscope.context import NodeContext
-from kvscope.doctor import Finding, Section, Severity
+from kvscope.doctor import Finding, Section, Severity, Snapshot
 from kvscope.runtime import BlockingPool, Collector, CollectorError, Runtime, Schedule, Tier
 from kvscope.server import build_app
 from kvscope.status_page import DoctorCache, explain
@@ -162,7 +161,7 @@ async def test_doctor_runs_off_the_loop_cached_and_never_for_metrics(
 
     threads: list[str] = []
 
-    async def recording_section(ctx: NodeContext, runtime: Runtime) -> Section:
+    async def recording_section(snap: Snapshot) -> Section:
         threads.append(threading.current_thread().name)
         section = Section("Probe")
         section.findings.append(Finding(Severity.CRITICAL, "<img src=x onerror=alert(1)>",

@@ -1,20 +1,36 @@
 """`kvscope doctor`: a report for one node, for a person at a terminal.
 
-The doctor polls every enabled collector once (the same code as `collect`), then each section
-reads what it needs from the runtime and the node context, prints a body and returns findings.
-A critical finding makes the command exit non-zero, so it can gate a rollout.
+Every section reads a `Snapshot`: the node's metric samples by name, plus what a metric label
+cannot carry. The snapshot comes from one of two places:
+
+- this node: every enabled collector is polled once (the same code as `collect`), and the
+  snapshot also holds the collectors' health and the topology collector's PD analysis;
+- a running agent (`--url`): its /metrics is fetched and parsed with the engine parser, so an
+  operator can check any node without that node's privileges. Sections that need more than the
+  metrics (the PD container analysis) fall back to what the metrics say.
+
+A critical finding makes the command exit 1, so it can gate a rollout; an agent that cannot be
+read is exit 2 with one line on stderr (as a configuration error).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Awaitable, Callable, Iterator
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from kvscope.config import Config, set_dotted
 from kvscope.context import NodeContext
-from kvscope.runtime import Runtime
+
+if TYPE_CHECKING:
+    from kvscope.pd_paths import GpuContainer, PdPair
+    from kvscope.runtime import Runtime
+
+Labels = Mapping[str, str]
 
 
 class Severity(enum.IntEnum):
@@ -37,23 +53,75 @@ class Section:
     findings: list[Finding] = field(default_factory=list)
 
 
-SectionBuilder = Callable[[NodeContext, Runtime], Awaitable[Section]]
+@dataclass(frozen=True)
+class PdAnalysis:
+    """The topology collector's view of containers and PD pairs (local runs only)."""
+
+    containers: tuple[GpuContainer, ...]
+    pairs: tuple[PdPair, ...]
+
+
+@dataclass
+class Snapshot:
+    """What the sections read: samples by name, the config, and local-only extras."""
+
+    config: Config
+    source: str  # "this node" or the URL that was read
+    series: dict[str, list[tuple[Labels, float]]] = field(default_factory=dict)
+    # collector -> {"up": bool, "errors": [str]}; from the runtime, or from the health metrics
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pd: PdAnalysis | None = None  # None when read from a URL or the topology collector is off
+    # With --window: the snapshot taken `window` seconds before this one, for rates.
+    previous: Snapshot | None = None
+    window: float = 0.0
+
+    def samples(self, name: str) -> list[tuple[Labels, float]]:
+        return self.series.get(name, [])
+
+    @property
+    def remote(self) -> bool:
+        return self.source != LOCAL
+
+    @classmethod
+    def from_samples(cls, config: Config, source: str,
+                     rows: Iterable[tuple[str, Labels, float]]) -> Snapshot:
+        series: dict[str, list[tuple[Labels, float]]] = defaultdict(list)
+        for name, labels, value in rows:
+            series[name].append((labels, value))
+        snap = cls(config, source, dict(series))
+        snap.health = _health_from_metrics(snap)
+        return snap
+
+
+LOCAL = "this node"
+
+SectionBuilder = Callable[[Snapshot], Awaitable[Section]]
 
 # Sections in print order; subsystem modules (doctor/topology.py, doctor/rdma.py) append theirs.
 SECTIONS: list[SectionBuilder] = []
 
 
-def samples(runtime: Runtime, name: str) -> Iterator[tuple[dict[str, str], float]]:
-    """(labels, value) of every sample called `name` in the runtime's current families."""
-    for family in runtime.families():
-        for sample in family.samples:
-            if sample.name == name:
-                yield sample.labels, sample.value
+def samples(snap: Snapshot, name: str) -> Iterator[tuple[Labels, float]]:
+    """(labels, value) of every sample called `name` in the snapshot."""
+    yield from snap.samples(name)
 
 
-def render(sections: list[Section], node_name: str) -> str:
+def _health_from_metrics(snap: Snapshot) -> dict[str, dict[str, Any]]:
+    """Collector health as the agent exports it (used when reading a URL)."""
+    errors: dict[str, list[str]] = defaultdict(list)
+    for labels, value in snap.samples("kvscope_collector_errors_total"):
+        if value > 0:
+            errors[labels.get("collector", "")].append(
+                f"{labels.get('reason', '?')} x{value:.0f} since start")
+    return {labels.get("collector", ""): {"up": value == 1.0,
+                                          "errors": errors.get(labels.get("collector", ""), [])}
+            for labels, value in snap.samples("kvscope_collector_up")}
+
+
+def render(sections: list[Section], node_name: str, source: str = LOCAL) -> str:
     marks = {Severity.INFO: "info", Severity.WARNING: "WARN", Severity.CRITICAL: "CRIT"}
-    out = [f"kvscope doctor: node {node_name}", ""]
+    where = f"node {node_name}" + ("" if source == LOCAL else f" (agent at {source})")
+    out = [f"kvscope doctor: {where}", ""]
     for section in sections:
         out.append(f"== {section.title} ==")
         out.extend(f"  {line}" for line in section.lines)
@@ -69,9 +137,48 @@ def render(sections: list[Section], node_name: str) -> str:
     return "\n".join(out) + "\n"
 
 
-async def run(ctx: NodeContext) -> tuple[str, int]:
+def local_snapshot(ctx: NodeContext, runtime: Runtime) -> Snapshot:
+    """The snapshot of a runtime that has just polled (this node, or a simulated one)."""
+    from kvscope.collectors.topology import TopologyCollector
+
+    rows = ((s.name, s.labels, s.value) for family in runtime.families()
+            for s in family.samples)
+    snap = Snapshot.from_samples(ctx.config, LOCAL, rows)
+    snap.health = {name: {"up": bool(h["up"]), "errors": list(h["errors"])}  # type: ignore[call-overload]
+                   for name, h in runtime.collector_health().items()}
+    topo = next((c for c in runtime.collectors if isinstance(c, TopologyCollector)), None)
+    if topo is not None:
+        snap.pd = PdAnalysis(tuple(topo.containers), tuple(topo.pairs))
+    return snap
+
+
+def with_previous(snap: Snapshot, previous: Snapshot, window: float) -> Snapshot:
+    snap.previous = previous
+    snap.window = window
+    return snap
+
+
+async def report(snap: Snapshot) -> tuple[str, int]:
     """The report and the exit code (1 when any finding is critical)."""
     from kvscope import doctor_sections  # noqa: F401 - registers the sections
+
+    sections = [await build(snap) for build in SECTIONS]
+    critical = any(f.severity is Severity.CRITICAL for s in sections for f in s.findings)
+    node = snap.config.node_name if not snap.remote else _node_from(snap)
+    return render(sections, node, snap.source), 1 if critical else 0
+
+
+def _node_from(snap: Snapshot) -> str:
+    """The node a remote agent runs on: the dcgm-exporter `Hostname` label of its GPU series."""
+    for name in ("kvscope_gpu_up", "DCGM_FI_DEV_GPU_UTIL"):
+        for labels, _ in snap.samples(name):
+            if labels.get("Hostname"):
+                return labels["Hostname"]
+    return "(unknown)"
+
+
+async def run(ctx: NodeContext, window: float = 0.0) -> tuple[str, int]:
+    """Poll this node once (twice, `window` seconds apart, for rates) and report on it."""
     from kvscope.app import build_runtime, start_sim_services
 
     # A person reading the report wants every link, whatever the agent exports by default.
@@ -83,8 +190,11 @@ async def run(ctx: NodeContext) -> tuple[str, int]:
         runtime = build_runtime(ctx)
         try:
             await runtime.poll_all_once()
-            sections = [await build(ctx, runtime) for build in SECTIONS]
+            snap = local_snapshot(ctx, runtime)
+            if window > 0:
+                await asyncio.sleep(window)
+                await runtime.poll_all_once()
+                snap = with_previous(local_snapshot(ctx, runtime), snap, window)
         finally:
             await runtime.stop()
-    critical = any(f.severity is Severity.CRITICAL for s in sections for f in s.findings)
-    return render(sections, ctx.config.node_name), 1 if critical else 0
+    return await report(snap)

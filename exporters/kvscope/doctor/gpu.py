@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from kvscope.context import NodeContext
-from kvscope.doctor import SECTIONS, Finding, Section, Severity, samples
-from kvscope.runtime import Runtime
+from kvscope.doctor import SECTIONS, Finding, Section, Severity, Snapshot, samples
 
 IMBALANCE_POINTS = 30.0  # busiest minus idlest utilisation, in percentage points
 FB_FULL_RATIO = 0.95
 
 
-async def gpu_section(ctx: NodeContext, runtime: Runtime) -> Section:
+async def gpu_section(snap: Snapshot) -> Section:
     section = Section("GPUs")
-    up = {labels["gpu"]: (labels, value) for labels, value in samples(runtime, "kvscope_gpu_up")}
+    up = {labels["gpu"]: (labels, value) for labels, value in samples(snap, "kvscope_gpu_up")}
     if not up:
-        available = [v for _, v in samples(runtime, "kvscope_gpu_nvml_available")]
+        available = [v for _, v in samples(snap, "kvscope_gpu_nvml_available")]
         section.lines.append("no GPUs found" + (" (NVML not available)" if available == [0.0]
                                                 else ""))
         return section
-    util = {labels["gpu"]: v for labels, v in samples(runtime, "DCGM_FI_DEV_GPU_UTIL")}
-    used = {labels["gpu"]: v for labels, v in samples(runtime, "DCGM_FI_DEV_FB_USED")}
-    free = {labels["gpu"]: v for labels, v in samples(runtime, "DCGM_FI_DEV_FB_FREE")}
+    util = {labels["gpu"]: v for labels, v in samples(snap, "DCGM_FI_DEV_GPU_UTIL")}
+    used = {labels["gpu"]: v for labels, v in samples(snap, "DCGM_FI_DEV_FB_USED")}
+    free = {labels["gpu"]: v for labels, v in samples(snap, "DCGM_FI_DEV_FB_FREE")}
     section.lines.append(f"{'GPU':<4} {'model':<24} {'util%':>6} {'FB used':>12}  state")
     for gpu in sorted(up, key=int):
         labels, is_up = up[gpu]

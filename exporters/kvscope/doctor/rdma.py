@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from kvscope.context import NodeContext
-from kvscope.doctor import SECTIONS, Finding, Section, Severity, samples
+from kvscope.doctor import SECTIONS, Finding, Labels, Section, Severity, Snapshot, samples
 from kvscope.qp_profiles import DeviceLimits, misfits
-from kvscope.runtime import Runtime
 
 QP_USAGE_WARN = 0.85
 PORT_ACTIVE = 4
@@ -31,46 +29,47 @@ THROTTLE_FIX = (
     "over more devices, or shrink KV transfers (e.g. fewer, larger batches)")
 
 
-def _by(runtime: Runtime, name: str, *keys: str) -> dict[tuple[str, ...], float]:
+def _by(snap: Snapshot, name: str, *keys: str) -> dict[tuple[str, ...], float]:
     return {tuple(labels.get(k, "") for k in keys): value
-            for labels, value in samples(runtime, name)}
+            for labels, value in samples(snap, name)}
 
 
-async def rdma_section(ctx: NodeContext, runtime: Runtime) -> Section:
+async def rdma_section(snap: Snapshot) -> Section:
     section = Section("RDMA")
-    devices = {labels["device"]: labels for labels, _ in samples(runtime,
+    devices = {labels["device"]: labels for labels, _ in samples(snap,
                                                                   "kvscope_rdma_device_info")}
-    _collector_health(runtime, section)
+    _collector_health(snap, section)
     if not devices:
         section.lines.append("no RDMA devices found")
         return section
-    _device_lines(runtime, devices, section)
-    _port_findings(ctx, runtime, devices, section)
-    _profile_findings(ctx, runtime, devices, section)
-    _counter_findings(runtime, section)
+    _device_lines(snap, devices, section)
+    _port_findings(snap, devices, section)
+    _rate_findings(snap, devices, section)
+    _profile_findings(snap, devices, section)
+    _counter_findings(snap, section)
     return section
 
 
-def _collector_health(runtime: Runtime, section: Section) -> None:
-    health = runtime.collector_health().get("rdma")
+def _collector_health(snap: Snapshot, section: Section) -> None:
+    health = snap.health.get("rdma")
     if health is not None and not health["up"] and health["errors"]:
-        errors = "; ".join(str(e) for e in health["errors"])  # type: ignore[attr-defined]
+        errors = "; ".join(str(e) for e in health["errors"])
         section.findings.append(Finding(
             Severity.WARNING, f"RDMA collector partly down: {errors}",
             "check that eadm and rdma answer on this node (run them by hand); a hung eadm "
             "usually means the erdma driver is wedged"))
 
 
-def _device_lines(runtime: Runtime, devices: dict[str, dict[str, str]],
+def _device_lines(snap: Snapshot, devices: dict[str, Labels],
                   section: Section) -> None:
-    rate = _by(runtime, "kvscope_rdma_port_rate_bytes_per_second", "device", "port")
-    state = _by(runtime, "kvscope_rdma_port_state", "device", "port")
+    rate = _by(snap, "kvscope_rdma_port_rate_bytes_per_second", "device", "port")
+    state = _by(snap, "kvscope_rdma_port_state", "device", "port")
     layer = {(lb["device"], lb["port"]): lb.get("link_layer", "")
-             for lb, _ in samples(runtime, "kvscope_rdma_port_info")}
-    max_qp = _by(runtime, "kvscope_rdma_device_max_qp", "device")
-    max_sge = _by(runtime, "kvscope_rdma_device_max_sge", "device")
-    max_wr = _by(runtime, "kvscope_rdma_device_max_qp_wr", "device")
-    qps = _by(runtime, "kvscope_rdma_resources", "device", "type")
+             for lb, _ in samples(snap, "kvscope_rdma_port_info")}
+    max_qp = _by(snap, "kvscope_rdma_device_max_qp", "device")
+    max_sge = _by(snap, "kvscope_rdma_device_max_sge", "device")
+    max_wr = _by(snap, "kvscope_rdma_device_max_qp_wr", "device")
+    qps = _by(snap, "kvscope_rdma_resources", "device", "type")
     section.lines.append(f"{'device':<10} {'driver':<10} {'port':<4} {'state':<6} {'Gb/s':>6} "
                          f"{'layer':<10} {'max_qp':>7} {'max_sge':>7} {'max_qp_wr':>9} "
                          f"{'QPs':>7}")
@@ -98,11 +97,11 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def _port_findings(ctx: NodeContext, runtime: Runtime, devices: dict[str, dict[str, str]],
+def _port_findings(snap: Snapshot, devices: dict[str, Labels],
                    section: Section) -> None:
-    kv = set(ctx.config.collectors.rdma.kv_transfer_devices) or set(devices)
-    phys = _by(runtime, "kvscope_rdma_port_physical_state", "device", "port")
-    for (dev, port), st in sorted(_by(runtime, "kvscope_rdma_port_state", "device",
+    kv = set(snap.config.collectors.rdma.kv_transfer_devices) or set(devices)
+    phys = _by(snap, "kvscope_rdma_port_physical_state", "device", "port")
+    for (dev, port), st in sorted(_by(snap, "kvscope_rdma_port_state", "device",
                                       "port").items()):
         if st == PORT_ACTIVE or dev not in kv:
             continue
@@ -111,7 +110,7 @@ def _port_findings(ctx: NodeContext, runtime: Runtime, devices: dict[str, dict[s
             f"{phys.get((dev, port), 0):.0f}): KV transfer over it fails or falls back",
             "check the cable/transceiver and the switch port (ibstat, `ip link` for RoCE); "
             "drain the node's PD pods until the link is back"))
-    saturated = _by(runtime, "kvscope_rdma_port_saturated_counters", "device", "port")
+    saturated = _by(snap, "kvscope_rdma_port_saturated_counters", "device", "port")
     for (dev, port), n in sorted(saturated.items()):
         if n > 0:
             section.findings.append(Finding(
@@ -121,23 +120,63 @@ def _port_findings(ctx: NodeContext, runtime: Runtime, devices: dict[str, dict[s
                 "counters; kvscope_rdma_port_counter_total shows which"))
 
 
-def _limits(runtime: Runtime) -> dict[str, DeviceLimits]:
+DEGRADED_RATE = 0.75  # below this share of its peers' rate a port has renegotiated down
+
+
+def _rate_findings(snap: Snapshot, devices: dict[str, Labels], section: Section) -> None:
+    """An active port slower than the other ports of the same adapter model on this node: the
+    link trained at a lower speed or width (a bad cable, transceiver or switch port). sysfs
+    gives the negotiated rate only, so the node's own peers are the measure of normal."""
+    rates = _by(snap, "kvscope_rdma_port_rate_bytes_per_second", "device", "port")
+    state = _by(snap, "kvscope_rdma_port_state", "device", "port")
+    info: dict[tuple[str, ...], Labels] = {
+        (lb["device"], lb["port"]): lb for lb, _ in samples(snap, "kvscope_rdma_port_info")}
+    groups: dict[tuple[str, str], list[tuple[str, ...]]] = defaultdict(list)
+    for key in rates:
+        device = devices.get(key[0], {})
+        model = device.get("hca_type") or device.get("board_id") or device.get("driver", "")
+        groups[(model, info.get(key, {}).get("link_layer", ""))].append(key)
+    for (model, layer), ports in sorted(groups.items()):
+        normal = max(rates[p] for p in ports)
+        for dev, port in sorted(ports):
+            rate = rates[(dev, port)]
+            if state.get((dev, port)) != PORT_ACTIVE or rate >= normal * DEGRADED_RATE:
+                continue
+            best = next(p for p in ports if rates[p] == normal)
+            section.findings.append(Finding(
+                Severity.WARNING, f"{dev} port {port} runs at {rate / 125e6:.0f} Gb/s"
+                f"{_speed_text(info.get((dev, port)))} while {best[0]} port {best[1]} "
+                f"(same {model or 'adapter'} {layer}) runs at {normal / 125e6:.0f} Gb/s"
+                f"{_speed_text(info.get(best))}: the link renegotiated down, so KV transfer "
+                "over it has a fraction of its bandwidth",
+                "reseat or replace the cable/transceiver and check the switch port (ibstat "
+                f"{dev} shows the rate; mlxlink -d {dev} the reason); until then steer KV "
+                "transfer to the other NICs"))
+
+
+def _speed_text(labels: Labels | None) -> str:
+    if not labels or not labels.get("speed"):
+        return ""
+    return f" ({labels.get('width', '')} {labels['speed']})".replace("( ", "(")
+
+
+def _limits(snap: Snapshot) -> dict[str, DeviceLimits]:
     fields = ("max_qp", "max_qp_wr", "max_sge")
     values: dict[str, dict[str, int]] = defaultdict(dict)
     for field in fields:
-        for (dev,), value in _by(runtime, f"kvscope_rdma_device_{field}", "device").items():
+        for (dev,), value in _by(snap, f"kvscope_rdma_device_{field}", "device").items():
             values[dev][field] = int(value)
     return {dev: DeviceLimits(device=dev, **v) for dev, v in values.items()
             if len(v) == len(fields)}
 
 
-def _profile_findings(ctx: NodeContext, runtime: Runtime, devices: dict[str, dict[str, str]],
+def _profile_findings(snap: Snapshot, devices: dict[str, Labels],
                       section: Section) -> None:
-    profiles = {p.name: p for p in ctx.config.collectors.rdma.qp_profiles}
-    limits = _limits(runtime)
+    profiles = {p.name: p for p in snap.config.collectors.rdma.qp_profiles}
+    limits = _limits(snap)
     probes = {(lb["device"], lb["profile"]): (value, lb.get("reason", ""))
-              for lb, value in samples(runtime, "kvscope_rdma_qp_probe_success")}
-    fits = _by(runtime, "kvscope_rdma_qp_profile_fits", "device", "profile")
+              for lb, value in samples(snap, "kvscope_rdma_qp_probe_success")}
+    fits = _by(snap, "kvscope_rdma_qp_profile_fits", "device", "profile")
     if not fits:
         section.lines.append("QP profiles: not checked (no device limits: pyverbs missing or no "
                              "device)")
@@ -156,26 +195,26 @@ def _profile_findings(ctx: NodeContext, runtime: Runtime, devices: dict[str, dic
             ERDMA_SGE_FIX if erdma else GENERIC_SGE_FIX))
 
 
-def _counter_findings(runtime: Runtime, section: Section) -> None:
+def _counter_findings(snap: Snapshot, section: Section) -> None:
     drops: dict[str, float] = defaultdict(float)
     for name in ("kvscope_erdma_hw_bps_limit_drop_total",
                  "kvscope_erdma_hw_rx_bps_limit_drop_total",
                  "kvscope_erdma_hw_pps_limit_drop_total",
                  "kvscope_erdma_hw_rx_pps_limit_drop_total"):
-        for (dev,), value in _by(runtime, name, "device").items():
+        for (dev,), value in _by(snap, name, "device").items():
             drops[dev] += value
     for dev, total in sorted(drops.items()):
         if total > 0:
             section.findings.append(Finding(
                 Severity.WARNING, f"{dev}: {total:.0f} packets dropped by the instance's eRDMA "
                 "bandwidth/packet-rate quota since the driver loaded", THROTTLE_FIX))
-    for (dev,), failed in sorted(_by(runtime, "kvscope_erdma_verbs_create_qp_failed_total",
+    for (dev,), failed in sorted(_by(snap, "kvscope_erdma_verbs_create_qp_failed_total",
                                      "device").items()):
         if failed > 0:
             section.findings.append(Finding(
                 Severity.WARNING, f"{dev}: {failed:.0f} ibv_create_qp calls failed since the "
                 "driver loaded (eadm verbs_create_qp_failed_cnt)", ERDMA_SGE_FIX))
-    for labels, n in samples(runtime, "kvscope_rdma_app_qp_failures_total"):
+    for labels, n in samples(snap, "kvscope_rdma_app_qp_failures_total"):
         where = f"{labels.get('namespace', '')}/{labels.get('pod', '')}".strip("/") or "a log"
         section.findings.append(Finding(
             Severity.WARNING, f"{n:.0f} QP {labels.get('kind', '')} failure lines from "

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from kvscope.collectors.topology import TopologyCollector
-from kvscope.context import NodeContext
-from kvscope.doctor import SECTIONS, Finding, Section, Severity, samples
+from kvscope.doctor import SECTIONS, Finding, Section, Severity, Snapshot, samples
 from kvscope.pd_paths import (
     REASON_NO_SHARED_IPC,
     REASON_NOT_VISIBLE,
@@ -21,7 +19,6 @@ from kvscope.pd_paths import (
     GpuContainer,
     PdPair,
 )
-from kvscope.runtime import Runtime
 from kvscope.topology_model import P2PKind
 
 GOOD_NIC_PATHS = ("PIX", "PXB")
@@ -43,15 +40,15 @@ def _gpus(indices: Sequence[int]) -> str:
     return ",".join(str(i) for i in indices) or "none"
 
 
-def _matrix(runtime: Runtime) -> list[str]:
+def _matrix(snap: Snapshot) -> list[str]:
     cells: dict[tuple[int, int], str] = {}
-    for labels, _ in samples(runtime, "kvscope_gpu_p2p_link_info"):
+    for labels, _ in samples(snap, "kvscope_gpu_p2p_link_info"):
         cells[(int(labels["gpu"]), int(labels["peer_gpu"]))] = labels["link_type"]
     nic_cells: dict[tuple[int, str], str] = {}
-    for labels, _ in samples(runtime, "kvscope_gpu_nic_affinity_info"):
+    for labels, _ in samples(snap, "kvscope_gpu_nic_affinity_info"):
         nic_cells[(int(labels["gpu"]), labels["nic"])] = labels["path"]
     affinity = {int(labels["gpu"]): (labels["cpus"], labels["numa_node"])
-                for labels, _ in samples(runtime, "kvscope_gpu_cpu_affinity_info")}
+                for labels, _ in samples(snap, "kvscope_gpu_cpu_affinity_info")}
     gpus = sorted({a for a, _ in cells} | {b for _, b in cells} | set(affinity))
     if not gpus:
         return []
@@ -68,15 +65,15 @@ def _matrix(runtime: Runtime) -> list[str]:
     return lines
 
 
-def _link_health(runtime: Runtime, section: Section) -> None:
+def _link_health(snap: Snapshot, section: Section) -> None:
     up: dict[int, dict[int, float]] = defaultdict(dict)
-    for labels, value in samples(runtime, "kvscope_nvlink_link_up"):
+    for labels, value in samples(snap, "kvscope_nvlink_link_up"):
         up[int(labels["gpu"])][int(labels["link"])] = value
     errors: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for labels, value in samples(runtime, "kvscope_nvlink_errors_total"):
+    for labels, value in samples(snap, "kvscope_nvlink_errors_total"):
         errors[int(labels["gpu"])][labels["error"]] += value
     if not up:
-        _link_totals_health(runtime, errors, section)
+        _link_totals_health(snap, errors, section)
         return
     section.lines.append("NVLink health (error counts since the driver loaded):")
     for gpu in sorted(up):
@@ -167,10 +164,10 @@ def _pairs(pairs: Sequence[PdPair], containers: Sequence[GpuContainer],
             section.findings.append(finding)
 
 
-def _nic_findings(runtime: Runtime, section: Section) -> None:
+def _nic_findings(snap: Snapshot, section: Section) -> None:
     best: dict[str, tuple[str, str]] = {}
     order = [k.value for k in P2PKind]
-    for labels, _ in samples(runtime, "kvscope_gpu_nic_affinity_info"):
+    for labels, _ in samples(snap, "kvscope_gpu_nic_affinity_info"):
         gpu, path = labels["gpu"], labels["path"]
         if gpu not in best or order.index(path) < order.index(best[gpu][1]):
             best[gpu] = (labels["nic"], path)
@@ -184,12 +181,12 @@ def _nic_findings(runtime: Runtime, section: Section) -> None:
             "GPUDirect bandwidth"))
 
 
-def _link_totals_health(runtime: Runtime, errors: dict[int, dict[str, float]],
+def _link_totals_health(snap: Snapshot, errors: dict[int, dict[str, float]],
                         section: Section) -> None:
     """The same checks on the per-GPU totals a running agent exports by default (no per-link
     series): how many links are down is known, which ones is not (the index page reads these)."""
-    links = {int(lb["gpu"]): v for lb, v in samples(runtime, "kvscope_nvlink_links")}
-    active = {int(lb["gpu"]): v for lb, v in samples(runtime, "kvscope_nvlink_links_active")}
+    links = {int(lb["gpu"]): v for lb, v in samples(snap, "kvscope_nvlink_links")}
+    active = {int(lb["gpu"]): v for lb, v in samples(snap, "kvscope_nvlink_links_active")}
     if not links:
         section.lines.append("NVLink: none reported (PCIe-only GPUs, or NVML unavailable)")
         return
@@ -214,25 +211,89 @@ def _link_totals_health(runtime: Runtime, errors: dict[int, dict[str, float]],
                 "growing, drain the node and have the NVLink/NVSwitch path checked"))
 
 
-async def topology_section(ctx: NodeContext, runtime: Runtime) -> Section:
+REMEDY_SYS = (
+    "schedule the pod's GPUs on one CPU socket (kubelet Topology Manager policy "
+    "single-numa-node or restricted, or a GPU allocator that packs by NUMA node); "
+    "or lower its tensor-parallel size so the group fits one socket")
+
+
+def _pod_gpu_paths(snap: Snapshot, section: Section) -> None:
+    """A pod whose own GPUs meet only across CPU sockets (SYS): its tensor-parallel traffic
+    (all-reduce, and KV between ranks) crosses the SMP interconnect, often without P2P."""
+    links = {(lb.get("gpu"), lb.get("peer_gpu")): lb.get("link_type", "")
+             for lb, _ in samples(snap, "kvscope_gpu_p2p_link_info")}
+    pods: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for labels, _ in samples(snap, "kvscope_pod_gpu_info"):
+        if labels.get("gpu", "").isdigit():
+            pods[(labels.get("namespace", ""), labels.get("pod", ""))].add(labels["gpu"])
+    for (namespace, pod), gpus in sorted(pods.items()):
+        ordered = sorted(gpus, key=int)
+        sys_pairs = [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]
+                     if links.get((a, b)) == P2PKind.SYS.value]
+        if not sys_pairs:
+            continue
+        pairs = ", ".join(f"GPU{a}-GPU{b}" for a, b in sys_pairs[:4])
+        more = f" and {len(sys_pairs) - 4} more" if len(sys_pairs) > 4 else ""
+        section.findings.append(Finding(
+            Severity.WARNING, f"{namespace}/{pod}: its GPUs {_gpus([int(g) for g in ordered])} "
+            f"meet over SYS ({pairs}{more}): tensor-parallel traffic crosses the CPU "
+            "interconnect (a fraction of PCIe P2P bandwidth, and no P2P at all on many "
+            "platforms)", REMEDY_SYS))
+
+
+def _pairs_from_metrics(snap: Snapshot, section: Section) -> None:
+    """PD pairs as the agent exports them (a remote read has no container analysis)."""
+    ipc = {(lb.get("namespace", ""), lb.get("pd_group", ""), lb.get("prefill_pod", ""),
+            lb.get("decode_pod", "")): (value, lb.get("reason", ""))
+           for lb, value in samples(snap, "kvscope_pd_pair_ipc_possible")}
+    paths = list(samples(snap, "kvscope_pd_pair_path_info"))
+    if not paths:
+        return
+    section.lines.append("PD pairs on this node:")
+    for labels, _ in paths:
+        key = (labels.get("namespace", ""), labels.get("pd_group", ""),
+               labels.get("prefill_pod", ""), labels.get("decode_pod", ""))
+        possible, reason = ipc.get(key, (1.0, "ok"))
+        path = labels.get("path", "unknown")
+        verdict = "IPC ok" if possible else f"IPC NOT possible ({reason})"
+        section.lines.append(f"  [{key[1]}] {key[2]} -> {key[3]}: path {path}, {verdict}")
+        where = (f"PD group {key[1]}: {key[2]} (GPUs {labels.get('prefill_gpus', '?')}) and "
+                 f"{key[3]} (GPUs {labels.get('decode_gpus', '?')})")
+        if not possible and path.startswith(P2PKind.NVLINK.value):
+            fix = {REASON_NOT_VISIBLE: REMEDY_VISIBILITY, REASON_NO_SHARED_IPC: REMEDY_IPC,
+                   REASON_P2P_UNAVAILABLE: REMEDY_P2P}.get(reason, REMEDY_VISIBILITY)
+            section.findings.append(Finding(
+                Severity.CRITICAL, f"{where} are joined by {path} but cannot use it "
+                f"({reason}): KV cache goes over TCP or PCIe while NVLink stays idle", fix))
+        elif not path.startswith(P2PKind.NVLINK.value) and path != "unknown":
+            section.findings.append(Finding(
+                Severity.INFO, f"{where}: best path is {path} (no NVLink between them): KV "
+                "transfer is bound by PCIe P2P or the NIC",
+                "place both roles on NVLink-joined GPUs where the node has them"))
+
+
+async def topology_section(snap: Snapshot) -> Section:
     section = Section("Topology, NVLink and PD paths")
-    matrix = _matrix(runtime)
+    matrix = _matrix(snap)
     section.lines.extend(matrix or ["no GPU topology (NVML not available)"])
-    _link_health(runtime, section)
-    _nic_findings(runtime, section)
-    collector = next((c for c in runtime.collectors if isinstance(c, TopologyCollector)), None)
-    if collector is None:
-        section.lines.append("topology collector disabled: no pod or PD analysis")
-        return section
-    enabled = [v for _, v in samples(runtime, "kvscope_pod_attribution_enabled")]
+    _link_health(snap, section)
+    _nic_findings(snap, section)
+    enabled = [v for _, v in samples(snap, "kvscope_pod_attribution_enabled")]
     if enabled == [0.0]:
         section.findings.append(Finding(
-            Severity.INFO, "pod attribution off: no kubelet pod-resources socket at "
-            f"{ctx.config.collectors.topology.pod_resources_socket}",
+            Severity.INFO, "pod attribution off: no kubelet pod-resources socket"
+            + ("" if snap.remote else
+               f" at {snap.config.collectors.topology.pod_resources_socket}"),
             "mount /var/lib/kubelet/pod-resources into the agent (read-only) to see pods per "
             "GPU and PD paths"))
-    _pods(collector.containers, section)
-    _pairs(collector.pairs, collector.containers, section)
+    _pod_gpu_paths(snap, section)
+    if snap.pd is not None:
+        _pods(snap.pd.containers, section)
+        _pairs(snap.pd.pairs, snap.pd.containers, section)
+    elif snap.remote:
+        _pairs_from_metrics(snap, section)
+    else:
+        section.lines.append("topology collector disabled: no pod or PD analysis")
     return section
 
 

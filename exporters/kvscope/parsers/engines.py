@@ -13,7 +13,11 @@ Aggregation inside one target, decided once for every rule:
 - every other label that the rule does not turn into an output label (data-parallel `engine` of
   vLLM/LMDeploy, SGLang's `dp_rank`, `cache_source`, TGI's `err`, TENT's `transport`, NIXL's
   `agent_name`) splits one fact into parts: sum them (ratios take the max: the worst rank);
-- SGLang's `priority`: when aggregate series (`priority=""`) exist, per-priority ones are dropped.
+- SGLang's `priority` (with `--enable-priority-scheduling`): the scheduler's queue gauges
+  (`PRIORITY_TOTALS`) print the total under `priority=""` next to one series per priority, so
+  there the per-priority series are dropped; the tokenizer's counters and histograms (tokens,
+  requests, TTFT, e2e) label each request with its own priority and print no total, so there
+  every priority is a part and they are summed like any other split.
 
 One target serves one model: the target's `model` (config or pod annotation) or else the first
 model label found in the payload. The role comes from the target, else from SGLang's
@@ -55,6 +59,14 @@ ROLE_LABELS: Mapping[str, Mapping[str, str]] = {
 }
 MODEL_LABELS = ("served_model_name", "model_name", "model")
 
+# SGLang's scheduler gauges that carry a total under priority="" beside the per-priority series
+# (QueueCount in its metrics collector); every other priority-labelled family has no total.
+PRIORITY_TOTALS = frozenset(f"sglang:{n}" for n in (
+    "num_running_reqs", "num_queue_reqs", "num_prefill_bootstrap_queue_reqs",
+    "num_prefill_prealloc_queue_reqs", "num_prefill_inflight_queue_reqs",
+    "num_decode_prealloc_queue_reqs", "num_decode_transfer_queue_reqs",
+    "num_decode_host_receive_queue_reqs"))
+
 
 @dataclass(frozen=True)
 class FamilySpec:
@@ -90,8 +102,8 @@ FAMILIES: Mapping[str, FamilySpec] = {f.name: f for f in (
                "num_queue_reqs, TGI queue_size, Dynamo queued_requests."),
     FamilySpec("kvscope_engine_pd_queue_requests", "gauge",
                "Requests in a PD-disaggregation queue by stage: SGLang bootstrap/inflight "
-               "(prefill), prealloc/transfer (decode); vLLM deferred and kv_fetch_<stage>.",
-               ("stage",)),
+               "(prefill), prealloc/transfer/host_receive (decode); vLLM deferred and "
+               "kv_fetch_<stage>.", ("stage",)),
     FamilySpec("kvscope_engine_time_to_first_token_seconds", "histogram",
                "Time to first token, buckets as the engine defines them. vLLM, SGLang, LMDeploy "
                "time_to_first_token_seconds; Dynamo frontend."),
@@ -103,22 +115,26 @@ FAMILIES: Mapping[str, FamilySpec] = {f.name: f for f in (
                "e2e_request_latency_seconds, TGI request_duration, Dynamo request_duration."),
     FamilySpec("kvscope_engine_kv_transfer_bytes_total", "counter",
                "KV-cache bytes moved between instances. vLLM nixl/mooncake bytes_transferred_sum, "
-               "SGLang kv_transfer_total_mb_sum x 1e6, Mooncake TENT/client read+write bytes, "
-               "NIXL agent tx+rx bytes."),
+               "SGLang kv_transfer_total_mb_sum x 2^20 (MiB), Mooncake TENT/client read+write "
+               "bytes, NIXL agent tx+rx bytes."),
     FamilySpec("kvscope_engine_kv_transfer_seconds_total", "counter",
                "Time spent in KV-cache transfers. vLLM nixl/mooncake xfer_time_seconds_sum, "
                "SGLang kv_transfer_latency_ms_sum / 1000, Mooncake latency sums (us), NIXL "
                "agent_xfer_time (us)."),
     FamilySpec("kvscope_engine_kv_transfer_failures_total", "counter",
-               "Failed KV transfers by kind (transfer, bootstrap, notification, expired, recv). "
-               "vLLM nixl/mooncake failure counters, SGLang num_*_failed_reqs, TENT failures, "
+               "Failed KV transfers by kind (transfer, bootstrap, notification, expired, recv, "
+               "store_read, store_write). vLLM nixl/mooncake failure counters and Mooncake store "
+               "operations with a status other than ok, SGLang num_*_failed_reqs, TENT failures, "
                "NIXL agent_errors.", ("kind",)),
     FamilySpec("kvscope_engine_kv_transfer_last_seconds", "gauge",
                "Latency of the last KV transfer, from SGLang builds that expose "
                "kv_transfer_latency_ms as a gauge (before it became a histogram)."),
     FamilySpec("kvscope_engine_kv_transfer_last_bytes_per_second", "gauge",
                "Speed of the last KV transfer, from SGLang builds that expose "
-               "kv_transfer_speed_gb_s as a gauge (GB/s x 1e9)."),
+               "kv_transfer_speed_gb_s as a gauge (GiB/s x 2^30)."),
+    FamilySpec("kvscope_engine_kv_transfer_speed_bytes_per_second", "histogram",
+               "Speed of each KV transfer, from SGLang builds where kv_transfer_speed_gb_s is a "
+               "histogram (bounds and sum in GiB/s x 2^30)."),
     FamilySpec("kvscope_engine_prompt_tokens_total", "counter",
                "Prompt tokens processed. vLLM/SGLang/LMDeploy prompt_tokens, TGI "
                "request_input_length_sum, Dynamo input_sequence_tokens_sum."),
@@ -141,6 +157,29 @@ FAMILIES: Mapping[str, FamilySpec] = {f.name: f for f in (
                "Bytes allocated in a shared KV store. Mooncake master_allocated_bytes."),
     FamilySpec("kvscope_engine_kv_store_capacity_bytes", "gauge",
                "Capacity of a shared KV store. Mooncake master_total_capacity_bytes."),
+    FamilySpec("kvscope_engine_external_prefix_cache_query_tokens_total", "counter",
+               "Prompt tokens looked up outside the engine's own prefix cache (a KV connector: "
+               "LMCache, a P2P or store connector). vLLM external_prefix_cache_queries, LMCache "
+               "num_lookup_tokens. Only with its hit counterpart."),
+    FamilySpec("kvscope_engine_external_prefix_cache_hit_tokens_total", "counter",
+               "Prompt tokens found outside the engine's own prefix cache. vLLM "
+               "external_prefix_cache_hits, LMCache num_lookup_hits."),
+    FamilySpec("kvscope_engine_kv_store_io_bytes_total", "counter",
+               "Bytes read from or written to a shared KV store by direction (read, write). "
+               "LMCache num_remote_read/write_bytes, vLLM MooncakeStoreConnector "
+               "mooncake_store_operation_bytes (load_get = read, save_put = write).",
+               ("direction",)),
+    FamilySpec("kvscope_engine_kv_store_io_seconds_total", "counter",
+               "Time spent reading from or writing to a shared KV store, by direction. vLLM "
+               "MooncakeStoreConnector mooncake_store_operation_time_seconds_sum.",
+               ("direction",)),
+    FamilySpec("kvscope_engine_kv_cache_capacity_tokens", "gauge",
+               "Tokens the engine's KV cache (token budget) holds. SGLang max_total_num_tokens "
+               "(max over TP ranks), TGI batch_max_total_tokens."),
+    FamilySpec("kvscope_engine_batch_reserved_tokens", "gauge",
+               "Tokens the running batch may grow to, reserved against the KV token budget. TGI "
+               "batch_current_max_tokens (an upper bound, not slots in use: divide by "
+               "kvscope_engine_kv_cache_capacity_tokens for a usage proxy)."),
 )}
 
 
@@ -203,8 +242,8 @@ def _one(*samples: str, scale: float = 1.0) -> tuple[tuple[Part, ...], ...]:
 
 MS = 1e-3
 US = 1e-6
-MB = 1e6  # SGLang's MB: decimal assumed (not verified upstream; see README)
-GB = 1e9
+MIB = 1024.0 * 1024.0  # SGLang's "MB" is bytes / (1024 * 1024) in its transfer backends
+GIB = 1024.0 ** 3  # and its "GB/s" is that MiB figure / 1024 per second
 BLOCK_SIZE = ("vllm:cache_config_info", "block_size")
 MOONCAKE_MASTER = ("master_", "valid_get_nums_", "total_get_nums_", "mem_cache_",
                    "segment_")
@@ -233,6 +272,28 @@ F_LOOKUPS = "kvscope_engine_kv_store_lookups_total"
 F_SHITS = "kvscope_engine_kv_store_hits_total"
 F_SUSED = "kvscope_engine_kv_store_used_bytes"
 F_SCAP = "kvscope_engine_kv_store_capacity_bytes"
+F_XSPEEDH = "kvscope_engine_kv_transfer_speed_bytes_per_second"
+F_EXQUERY = "kvscope_engine_external_prefix_cache_query_tokens_total"
+F_EXHIT = "kvscope_engine_external_prefix_cache_hit_tokens_total"
+F_IOBYTES = "kvscope_engine_kv_store_io_bytes_total"
+F_IOSEC = "kvscope_engine_kv_store_io_seconds_total"
+F_KVCAP = "kvscope_engine_kv_cache_capacity_tokens"
+F_RESERVED = "kvscope_engine_batch_reserved_tokens"
+
+# vLLM MooncakeStoreConnector operations that move KV, by direction; save_exists only asks.
+MOONCAKE_STORE_DIRECTIONS = {"load_get": "read", "save_put": "write"}
+
+
+def _store_direction(labels: Mapping[str, str]) -> Mapping[str, str] | None:
+    direction = MOONCAKE_STORE_DIRECTIONS.get(labels.get("operation", ""))
+    return {"direction": direction} if direction else None
+
+
+def _store_failure(labels: Mapping[str, str]) -> Mapping[str, str] | None:
+    direction = MOONCAKE_STORE_DIRECTIONS.get(labels.get("operation", ""))
+    if direction is None or labels.get("status", "ok") == "ok":
+        return None
+    return {"kind": f"store_{direction}"}
 
 
 def _vllm() -> list[Rule]:
@@ -268,7 +329,14 @@ def _vllm() -> list[Rule]:
                             _p("vllm:mooncake_bytes_transferred_sum")),)),
         Rule(F_XSEC, e, ((_p("vllm:nixl_xfer_time_seconds_sum"),
                           _p("vllm:mooncake_xfer_time_seconds_sum")),)),
-        Rule(F_XFAIL, e, (tuple(_p(f"vllm:{n}_total", const={"kind": k}) for n, k in fail),)),
+        Rule(F_XFAIL, e, ((*(_p(f"vllm:{n}_total", const={"kind": k}) for n, k in fail),
+                           _p("vllm:mooncake_store_operation_total", relabel=_store_failure)),)),
+        Rule(F_EXQUERY, e, _one("vllm:external_prefix_cache_queries_total"), pair=F_EXHIT),
+        Rule(F_EXHIT, e, _one("vllm:external_prefix_cache_hits_total"), pair=F_EXQUERY),
+        Rule(F_IOBYTES, e, ((_p("vllm:mooncake_store_operation_bytes_total",
+                                relabel=_store_direction),),)),
+        Rule(F_IOSEC, e, ((_p("vllm:mooncake_store_operation_time_seconds_sum",
+                              relabel=_store_direction),),)),
         Rule(F_PROMPT, e, _one("vllm:prompt_tokens_total")),
         Rule(F_GEN, e, _one("vllm:generation_tokens_total")),
         Rule(F_REQ, e, ((_p("vllm:request_success_total", relabel=_outcome_vllm),),)),
@@ -304,16 +372,21 @@ def _sglang() -> list[Rule]:
                             const={"stage": "prealloc"}),),)),
         Rule(F_PDQ, e, ((_p("sglang:num_decode_transfer_queue_reqs",
                             const={"stage": "transfer"}),),)),
+        # Decode stage added in 2026: KV received into host memory before it moves to the GPU.
+        Rule(F_PDQ, e, ((_p("sglang:num_decode_host_receive_queue_reqs",
+                            const={"stage": "host_receive"}),),)),
+        Rule(F_KVCAP, e, _one("sglang:max_total_num_tokens"), "max"),
         Rule(F_TTFT, e, _one("sglang:time_to_first_token_seconds")),
         Rule(F_ITL, e, _one("sglang:inter_token_latency_seconds",
                             "sglang:time_per_output_token_seconds")),
         Rule(F_E2E, e, _one("sglang:e2e_request_latency_seconds")),
         # kv_transfer_* are histograms in 2026 builds and gauges before, under the same names:
         # the histogram's _sum feeds the counters, the bare gauge feeds the last-transfer gauges.
-        Rule(F_XBYTES, e, _one("sglang:kv_transfer_total_mb_sum", scale=MB)),
+        Rule(F_XBYTES, e, _one("sglang:kv_transfer_total_mb_sum", scale=MIB)),
         Rule(F_XSEC, e, _one("sglang:kv_transfer_latency_ms_sum", scale=MS)),
         Rule(F_XLAST, e, _one("sglang:kv_transfer_latency_ms", scale=MS), "max"),
-        Rule(F_XSPEED, e, _one("sglang:kv_transfer_speed_gb_s", scale=GB), "max"),
+        Rule(F_XSPEED, e, _one("sglang:kv_transfer_speed_gb_s", scale=GIB), "max"),
+        Rule(F_XSPEEDH, e, _one("sglang:kv_transfer_speed_gb_s", scale=GIB)),
         Rule(F_XFAIL, e, ((_p("sglang:num_transfer_failed_reqs_total",
                               const={"kind": "transfer"}),
                            _p("sglang:num_bootstrap_failed_reqs_total",
@@ -358,6 +431,8 @@ def _tgi() -> list[Rule]:
     return [
         Rule(F_RUN, e, _one("tgi_batch_current_size")),
         Rule(F_WAIT, e, _one("tgi_queue_size")),
+        Rule(F_KVCAP, e, _one("tgi_batch_max_total_tokens"), "max"),
+        Rule(F_RESERVED, e, _one("tgi_batch_current_max_tokens"), "max"),
         Rule(F_E2E, e, _one("tgi_request_duration")),
         Rule(F_PROMPT, e, _one("tgi_request_input_length_sum")),
         Rule(F_GEN, e, _one("tgi_request_generated_tokens_sum")),
@@ -396,6 +471,12 @@ def _lmcache() -> list[Rule]:
         Rule(F_HIT, e, _one("lmcache:num_hit_tokens_total"), pair=F_QUERY),
         Rule(F_RATIO, e, ((_p("lmcache:retrieve_hit_rate", const={"window": "since_last_log"}),),),
              "max", unless=F_HIT),
+        # Scheduler-side lookups: how much of a prompt LMCache holds, before vLLM asks for it.
+        Rule(F_EXQUERY, e, _one("lmcache:num_lookup_tokens_total"), pair=F_EXHIT),
+        Rule(F_EXHIT, e, _one("lmcache:num_lookup_hits_total"), pair=F_EXQUERY),
+        Rule(F_IOBYTES, e, ((_p("lmcache:num_remote_read_bytes_total", const={"direction": "read"}),
+                             _p("lmcache:num_remote_write_bytes_total",
+                                const={"direction": "write"})),)),
     ]
 
 
@@ -521,9 +602,10 @@ def _payload_model(expo: Exposition, engines: tuple[str, ...]) -> str | None:
     return None
 
 
-def _prefer_aggregate(samples: list[Sample]) -> list[Sample]:
-    """SGLang with priority scheduling: keep priority="" when it exists, drop per-priority."""
-    if not any("priority" in s.labels for s in samples):
+def _prefer_aggregate(name: str, samples: list[Sample]) -> list[Sample]:
+    """SGLang with priority scheduling: a queue gauge's total is its priority="" series (drop
+    the per-priority ones); any other family has no total, so every priority stays a part."""
+    if name not in PRIORITY_TOTALS:
         return samples
     if any(s.labels.get("priority") == "" for s in samples):
         return [s for s in samples if s.labels.get("priority", "") == ""]
@@ -577,7 +659,7 @@ class _Reader:
             return False, []
         first = samples[0].labels
         if "priority" in first:
-            samples = _prefer_aggregate(samples)
+            samples = _prefer_aggregate(name, samples)
         ranked = not DUPLICATE_LABELS.isdisjoint(first)
         const = tuple(sorted(part.const.items())) if part.const else ()
         simple = not part.where and part.relabel is None
@@ -646,16 +728,18 @@ def _reduce_histograms(rule: Rule, reader: _Reader, alt: tuple[Part, ...]) -> li
     counts: dict[LabelKey, float] = {}
     sums: dict[LabelKey, float] = {}
     for part in alt:
+        # A unit scale moves the bucket bounds and the sum; the counts stay counts.
+        scale = part.scale
         for suffix in HISTOGRAM_SUFFIXES:
             cells = _histogram_cells(*reader.rows(part, part.sample + suffix), suffix)
             for (out, bound), value in cells.items():
                 if suffix == "_bucket":
                     row = buckets.setdefault(out, {})
-                    row[bound] = row.get(bound, 0.0) + value
+                    row[bound * scale] = row.get(bound * scale, 0.0) + value
                 elif suffix == "_count":
                     counts[out] = counts.get(out, 0.0) + value
                 else:
-                    sums[out] = sums.get(out, 0.0) + value
+                    sums[out] = sums.get(out, 0.0) + value * scale
     out_list = []
     for out, row in buckets.items():
         inf = float("inf")

@@ -58,8 +58,8 @@ class Load:
     itl: float = 0.025
     preempt_rate: float = 0.0
     xfer_latency: float = 0.012  # seconds per KV transfer (median)
-    xfer_gbps: float = 8.7  # GB/s
-    xfer_mb: float = 104.0  # MB per transfer
+    xfer_gbps: float = 8.7  # GB/s as SGLang prints it (GiB/s; its gauge-era builds)
+    xfer_mb: float = 104.0  # MB per transfer (SGLang prints MiB; the others get x 1e6 bytes)
     bootstrap_q: float = 1.0
     inflight_q: float = 2.0
     prealloc_q: float = 1.0
@@ -179,10 +179,11 @@ SGLANG_ITL = [0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035,
               0.08, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8]
 SGLANG_E2E = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600,
               1200, 1800, 2400]
+# SGLang's 2026 kv_transfer_* histogram bounds (its scheduler metrics collector).
 SGLANG_SPEED = [0.1, 0.5, 1, 5, 10, 25, 50, 100, 200, 400]
-SGLANG_LAT_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
-SGLANG_MB = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-SGLANG_BOOT_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2500]
+SGLANG_LAT_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
+SGLANG_MB = [1, 5, 10, 50, 100, 500, 1000, 5000, 10000]
+SGLANG_BOOT_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500]
 TGI_DURATION = [0.0001 * 1.5 ** k for k in range(1, 36)]
 NIXL_XFER = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0]
 NIXL_BYTES = [2.0 ** k for k in range(11, 34, 2)]
@@ -780,7 +781,30 @@ def _faulted(faults: Mapping[str, Mapping[str, float]], down: Sequence[str] = ()
     return build
 
 
+# Registered here rather than with the topology scenarios because it moves the engines' pods
+# (and their engines' GPUs) together. The PD pods on a PCIe-only node, placed without regard to
+# CPU sockets: each TP4 group spans
+# both sockets, so its GPUs meet over SYS (the scheduler's NUMA blindness, not the hardware).
+PCIE_TP_PLACEMENT = {PREFILL: (2, 3, 4, 5), DECODE: (0, 1, 6, 7)}
+
+
+def pcie_only_tp(opts: SimOptions) -> SimNode:
+    from kvscope.sim.topology import pcie_only_node
+
+    node = pcie_only_node(opts)
+    for pod in node.pods:
+        gpus = PCIE_TP_PLACEMENT.get(pod.name)
+        if gpus is None:
+            continue
+        pod.gpus = gpus
+        pod.env["NVIDIA_VISIBLE_DEVICES"] = ",".join(node.gpus[i].uuid for i in gpus)
+        engine(node, pod.name).gpus = gpus
+    return node
+
+
 for _scenario in (
+    Scenario("pcie-only-tp", "8 x L40S (PCIe only): each PD pod's TP4 GPUs span both CPU "
+             "sockets and meet over SYS", pcie_only_tp),
     Scenario("kv-cache-full", "decode KV cache at 99.5%: requests queue and get retracted",
              _faulted({DECODE: {"kv_usage": 0.995, "waiting": 85, "preempt_rate": 2.5,
                                 "prealloc_q": 40}})),
