@@ -143,7 +143,7 @@ def collect(config: Config) -> None:
 @main.command()
 @_common_options
 @click.option("--url", help="Read a running agent's /metrics instead of this node "
-              "(http://HOST:PORT[/metrics]); needs no privilege on that node.")
+              "(http://<host>:<port>[/metrics]); needs no privilege on that node.")
 @click.option("--url.timeout", "url_timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for the agent at --url.")
 @click.option("--window", type=click.FloatRange(min=0.0), default=0.0, show_default=True,

@@ -45,7 +45,7 @@ def test_a_url_that_is_not_an_agent_is_refused() -> None:
     assert done.returncode == 2 and "(http_404)" in done.stderr
     assert scheme.returncode == 2
     assert scheme.stderr == ("kvscope: error: --url '127.0.0.1:9447': expected "
-                             "http://HOST:PORT[/metrics]\n")
+                             "http://<host>:<port>[/metrics]\n")
 
 
 def test_url_and_scenario_together_are_refused() -> None:

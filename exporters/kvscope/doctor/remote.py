@@ -26,7 +26,7 @@ def metrics_url(url: str) -> str:
     """The URL to fetch: http(s) only; a bare host:port gets the agent's /metrics path."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AgentUnreadable(f"--url {url!r}: expected http://HOST:PORT[/metrics]")
+        raise AgentUnreadable(f"--url {url!r}: expected http://<host>:<port>[/metrics]")
     if parts.path in ("", "/"):
         parts = parts._replace(path="/metrics")
     return urlunsplit(parts)
