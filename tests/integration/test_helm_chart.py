@@ -1,0 +1,161 @@
+"""helm lint and helm template for every ci/*-values.yaml scenario, and every rendered manifest
+validated against the Kubernetes API schemas of each release the chart supports."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from helm_chart import (
+    CHART,
+    OPERATOR_APIS,
+    SCENARIOS,
+    by_kind,
+    helm_binary,
+    lint,
+    one,
+    render,
+    template_text,
+)
+
+pytestmark = pytest.mark.integration
+
+# Chart.yaml's kubeVersion floor up to the newest client helm v4.1 was built with (1.35).
+KUBERNETES_VERSIONS = tuple(f"1.{minor}.0" for minor in range(29, 36))
+OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "AlertmanagerConfig"}
+EXPECTED_SCENARIOS = {"default-values.yaml", "minimal-values.yaml", "everything-values.yaml",
+                      "tls-auth-values.yaml", "no-operator-values.yaml"}
+
+
+def test_every_required_scenario_exists() -> None:
+    assert set(SCENARIOS) >= EXPECTED_SCENARIOS
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_lint_strict(scenario: str) -> None:
+    result = lint(scenario)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_manifests_validate_for_every_supported_kubernetes(scenario: str) -> None:
+    docs = render(scenario, api_versions=OPERATOR_APIS)
+    core = [doc for doc in docs if doc["kind"] not in OPERATOR_KINDS]
+    assert any(doc["kind"] == "DaemonSet" for doc in core)
+    failures = []
+    for version in KUBERNETES_VERSIONS:
+        for doc in core:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                failures.append(f"{version} {doc['kind']}/{doc['metadata']['name']}: "
+                                f"{err.message} at {list(err.path)}")
+    assert not failures, "\n".join(failures)
+
+
+def test_validation_catches_a_broken_manifest() -> None:
+    # The validator is strict: an unknown field fails (so the test above can fail).
+    daemonset = one(render("default-values.yaml"), "DaemonSet")
+    daemonset["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(daemonset, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def _kinds(docs: list[dict[str, Any]]) -> set[str]:
+    return {doc["kind"] for doc in docs}
+
+
+def test_operator_objects_are_skipped_when_their_crds_are_absent() -> None:
+    docs = render("default-values.yaml")
+    assert not _kinds(docs) & OPERATOR_KINDS
+
+
+def test_notes_say_which_objects_were_skipped() -> None:
+    # helm template prints no NOTES; a client-side dry-run install does, as a real install would.
+    result = subprocess.run([helm_binary(), "install", "kvscope", str(CHART), "--dry-run=client",
+                             "--namespace", "gpu-monitoring"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "prometheus.monitor (monitoring.coreos.com/v1/ServiceMonitor)" in notes
+    assert "prometheus.podMonitor" not in notes  # not asked for, so not "skipped"
+
+
+def test_operator_objects_render_when_the_crds_are_served() -> None:
+    docs = render("default-values.yaml", api_versions=OPERATOR_APIS)
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "kvscope", "app.kubernetes.io/instance": "kvscope"}
+    assert not by_kind(docs, "PodMonitor")  # off by default
+    assert not by_kind(docs, "AlertmanagerConfig")  # an example, off by default
+
+
+def test_force_crds_renders_without_the_api_server() -> None:
+    docs = render("everything-values.yaml")
+    assert {"ServiceMonitor", "PodMonitor", "AlertmanagerConfig"} <= _kinds(docs)
+
+
+def test_no_operator_scenario_renders_no_operator_object_even_when_asked() -> None:
+    docs = render("no-operator-values.yaml")
+    assert not _kinds(docs) & OPERATOR_KINDS
+    annotations = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9447"
+
+
+def test_service_monitor_matches_the_service() -> None:
+    docs = render("default-values.yaml", api_versions=OPERATOR_APIS)
+    service, monitor = one(docs, "Service"), one(docs, "ServiceMonitor")
+    labels = service["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["gpu-monitoring"]
+    pod_labels = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels[k] == v for k, v in service["spec"]["selector"].items())
+
+
+def test_selector_never_carries_the_chart_version() -> None:
+    daemonset = one(render("default-values.yaml"), "DaemonSet")
+    selector = daemonset["spec"]["selector"]["matchLabels"]
+    assert "helm.sh/chart" not in selector
+    assert "app.kubernetes.io/version" not in selector
+
+
+def test_tls_scenario_scrapes_https_with_credentials() -> None:
+    docs = render("tls-auth-values.yaml")
+    endpoint = one(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["basicAuth"]["password"] == {"name": "kvscope-scrape", "key": "password"}
+    assert endpoint["tlsConfig"]["ca"]["secret"]["name"] == "kvscope-tls"
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("web.prot=9448", "additional properties 'prot' not allowed"),
+    ("logLevel=verbose", "logLevel"),
+    ("updateStrategy.rollingUpdate.maxUnavailable=100%", "maxUnavailable"),
+    ("collectors.gpu=maybe", "collectors/gpu"),
+    ("web.basicAuth.users.prometheus=plaintext", "basicAuth/users/prometheus"),
+])
+def test_schema_refuses_mistakes_at_install_time(setting: str, message: str) -> None:
+    result = template_text(sets=[setting], check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_tls_without_a_secret_is_refused() -> None:
+    result = template_text(sets=["web.tls.enabled=true"], check=False)
+    assert result.returncode != 0
+    assert "web.tls.secretName is required" in result.stderr
+
+
+def test_alertmanager_config_needs_a_receiver() -> None:
+    result = template_text(sets=["alertmanagerConfig.enabled=true", "prometheus.forceCRDs=true"],
+                           check=False)
+    assert result.returncode != 0
+    assert "alertmanagerConfig.webhookUrl is required" in result.stderr
