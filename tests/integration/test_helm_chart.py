@@ -89,7 +89,7 @@ def test_operator_objects_render_when_the_crds_are_served() -> None:
     docs = render("default-values.yaml", api_versions=OPERATOR_APIS)
     monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is False
     assert monitor["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "kvscope", "app.kubernetes.io/instance": "kvscope"}
     assert not by_kind(docs, "PodMonitor")  # off by default
@@ -159,3 +159,20 @@ def test_alertmanager_config_needs_a_receiver() -> None:
                            check=False)
     assert result.returncode != 0
     assert "alertmanagerConfig.webhookUrl is required" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor"])
+def test_scrape_labels_match_what_the_rules_expect(kind: str) -> None:
+    docs = render("everything-values.yaml")
+    monitor = one(docs, kind)
+    key = "endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"
+    endpoint = monitor["spec"][key][0]
+    assert endpoint["honorLabels"] is False
+    assert endpoint["relabelings"][:2] == [
+        {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance"},
+        {"action": "labeldrop", "regex": "(pod|namespace|container)"}]
+    kept = one(render("everything-values.yaml",
+                      sets=[f"prometheus.{'monitor' if kind == 'ServiceMonitor' else 'podMonitor'}"
+                            ".keepAgentPodLabels=true"]), kind)
+    assert {"action": "labeldrop", "regex": "(pod|namespace|container)"} not in \
+        kept["spec"][key][0]["relabelings"]

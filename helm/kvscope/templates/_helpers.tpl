@@ -116,3 +116,18 @@ collector says once that attribution is off. */}}
 {{- $base := dict "collectors" $collectors }}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.config)) }}
 {{- end }}
+
+{{/*
+Target labels of the agent's scrape, as kvscope's rules and dashboards expect them (README
+"Deploy"): `instance` is the node name, stable across agent restarts; the operator's pod,
+namespace and container target labels (the agent's own pod) are dropped, so that the labels
+kvscope sets (the GPU holder's or the engine's pod) keep their names with honorLabels false.
+*/}}
+{{- define "kvscope.targetRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_pod_node_name]
+  targetLabel: instance
+{{- if not .keepAgentPodLabels }}
+- action: labeldrop
+  regex: (pod|namespace|container)
+{{- end }}
+{{- end }}
