@@ -4,10 +4,12 @@ validated against the Kubernetes API schemas of each release the chart supports.
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from helm_chart import (
     CHART,
@@ -176,3 +178,10 @@ def test_scrape_labels_match_what_the_rules_expect(kind: str) -> None:
                             ".keepAgentPodLabels=true"]), kind)
     assert {"action": "labeldrop", "regex": "(pod|namespace|container)"} not in \
         kept["spec"][key][0]["relabelings"]
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    with (CHART.parents[1] / "pyproject.toml").open("rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    assert chart["appVersion"] == version

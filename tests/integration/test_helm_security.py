@@ -145,3 +145,8 @@ def test_user_overrides_of_security_are_honoured() -> None:
                         "podSecurityContext.runAsUser=1000"])
     assert agent_container(docs)["securityContext"]["readOnlyRootFilesystem"] is False
     assert _pod(docs)["securityContext"]["runAsUser"] == 1000
+
+
+def test_the_qp_probe_runs_as_root_so_that_ipc_lock_takes_effect() -> None:
+    docs = render(sets=["podResources.enabled=false", "rdma.probe.enabled=true"])
+    assert _pod(docs)["securityContext"]["runAsUser"] == 0

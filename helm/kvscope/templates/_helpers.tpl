@@ -70,9 +70,12 @@ app.kubernetes.io/part-of: kvscope
 {{- if or .Values.web.tls.enabled .Values.web.basicAuth.users .Values.web.headers }}true{{ end }}
 {{- end }}
 
-{{/* uid 0 is needed by the pod-resources socket and the pod logs (see values.yaml). */}}
+{{/*
+uid 0 is needed by the pod-resources socket, the pod logs and the QP probe (see values.yaml):
+Kubernetes grants added capabilities such as IPC_LOCK to uid 0 only (no ambient capabilities).
+*/}}
 {{- define "kvscope.needsRoot" -}}
-{{- if or .Values.podResources.enabled .Values.rdma.logFollow.enabled }}true{{ end }}
+{{- if or .Values.podResources.enabled .Values.rdma.logFollow.enabled .Values.rdma.probe.enabled }}true{{ end }}
 {{- end }}
 
 {{/*
