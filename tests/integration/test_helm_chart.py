@@ -91,7 +91,7 @@ def test_operator_objects_render_when_the_crds_are_served() -> None:
     docs = render("default-values.yaml", api_versions=OPERATOR_APIS)
     monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    assert monitor["spec"]["endpoints"][0]["honorLabels"] is False
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     assert monitor["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "kvscope", "app.kubernetes.io/instance": "kvscope"}
     assert not by_kind(docs, "PodMonitor")  # off by default
@@ -169,7 +169,7 @@ def test_scrape_labels_match_what_the_rules_expect(kind: str) -> None:
     monitor = one(docs, kind)
     key = "endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"
     endpoint = monitor["spec"][key][0]
-    assert endpoint["honorLabels"] is False
+    assert endpoint["honorLabels"] is True
     assert endpoint["relabelings"][:2] == [
         {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance"},
         {"action": "labeldrop", "regex": "(pod|namespace|container)"}]

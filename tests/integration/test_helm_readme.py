@@ -67,4 +67,4 @@ def test_scrape_job_without_the_operator_is_valid(tmp_path: Path) -> None:
     assert "SUCCESS" in result.stdout
     # The same relabelings as the chart's ServiceMonitor: instance is the node.
     assert "target_label: instance" in block
-    assert "honor_labels: false" in block
+    assert "honor_labels: true" in block

@@ -1,9 +1,10 @@
-"""The ServiceMonitor's label handling, applied by a real Prometheus to a real agent: `instance`
-is the node, an engine's own instance is `exported_instance` and the GPU holder's pod keeps the
-name `pod`, which is what kvscope's rules and dashboards query (alerts/src/engine.yaml,
-dashboards/common.py). No operator here, so the test writes the scrape config the operator
-generates for an endpoint: its pod/namespace/container target labels, then the chart's
-relabelings, with the chart's honorLabels."""
+"""The ServiceMonitor's label handling, applied by a real Prometheus to a real agent: an engine
+series keeps the engine's own `instance`, every other series' `instance` is the node name, the
+GPU holder's pod keeps the name `pod` and nothing is attributed to the agent's own pod. That is
+what kvscope's rules and dashboards query (alerts/src/engine.yaml, dashboards/common.py). No
+operator here, so the test writes the scrape config the operator generates for an endpoint: its
+pod/namespace/container target labels, then the chart's relabelings, with the chart's
+honorLabels."""
 
 from __future__ import annotations
 
@@ -118,18 +119,22 @@ def test_default_labels_are_the_ones_the_rules_query(tmp_path: Path, agent: Agen
     with _scrape(tmp_path, agent) as prometheus:
         engines = prometheus.wait_for("kvscope_engine_up")
         gpus = prometheus.wait_for("DCGM_FI_DEV_GPU_TEMP")
-    assert {s["metric"]["instance"] for s in engines} == {NODE}
-    assert all(re.fullmatch(r"[\w.-]+:\d+(/.*)?", s["metric"]["exported_instance"])
-               for s in engines)
+        health = prometheus.wait_for("kvscope_collector_up")
+    engine_instances = {s["metric"]["instance"] for s in engines}
+    assert NODE not in engine_instances
+    assert all(re.fullmatch(r"[\w.-]+:\d+(/.*)?", i) for i in engine_instances)
     assert {s["metric"]["instance"] for s in gpus} == {NODE}
+    assert {s["metric"]["instance"] for s in health} == {NODE}
     held = {s["metric"]["pod"] for s in gpus if "pod" in s["metric"]}
     assert held and AGENT_POD not in held
-    assert not any(k.startswith("exported_p") for s in gpus for k in s["metric"])
+    # Series kvscope sets no pod on are not given the agent's pod by the target.
+    assert not any("pod" in s["metric"] or "namespace" in s["metric"] for s in health)
+    assert not any(k.startswith("exported_") for s in gpus + engines for k in s["metric"])
 
 
-def test_keeping_the_agent_pod_labels_gives_dcgm_exporter_style_exported_labels(
-        tmp_path: Path, agent: Agent) -> None:
-    with _scrape(tmp_path, agent, ("prometheus.monitor.keepAgentPodLabels=true",)) as prometheus:
+def test_dcgm_exporter_style_labels_when_asked(tmp_path: Path, agent: Agent) -> None:
+    sets = ("prometheus.monitor.keepAgentPodLabels=true", "prometheus.monitor.honorLabels=false")
+    with _scrape(tmp_path, agent, sets) as prometheus:
         gpus = prometheus.wait_for("DCGM_FI_DEV_GPU_TEMP")
     assert {s["metric"]["pod"] for s in gpus} == {AGENT_POD}
     assert {s["metric"].get("exported_pod") for s in gpus} - {None}

@@ -122,9 +122,9 @@ collector says once that attribution is off. */}}
 
 {{/*
 Target labels of the agent's scrape, as kvscope's rules and dashboards expect them (README
-"Deploy"): `instance` is the node name, stable across agent restarts; the operator's pod,
-namespace and container target labels (the agent's own pod) are dropped, so that the labels
-kvscope sets (the GPU holder's or the engine's pod) keep their names with honorLabels false.
+"Deploy"): `instance` is the node name, stable across agent restarts (engine series keep their
+own with honorLabels); the operator's pod, namespace and container target labels (the agent's
+own pod) are dropped, so that series kvscope sets no pod on are not attributed to the agent.
 */}}
 {{- define "kvscope.targetRelabelings" -}}
 - sourceLabels: [__meta_kubernetes_pod_node_name]
