@@ -48,11 +48,20 @@ class Scenario:
     name: str
     config: dict[str, Any] = field(default_factory=dict)
     fault_delay: float = 1.0
+    # False: engine series' own `instance` becomes `exported_instance` (what alerts/ assumes);
+    # the dashboards must work either way.
+    honor_labels: bool = True
+    key: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.key or self.name
 
 
 # Every scenario an INCIDENT_ONLY entry names must be here; the healthy node runs the defaults.
-SCENARIOS = {s.name: s for s in (
+SCENARIOS = {s.id: s for s in (
     Scenario("healthy"),
+    Scenario("healthy", honor_labels=False, key="healthy, honor_labels false"),
     Scenario("xid-79"),
     # Per-link series are opt-in: the per-link panels are tested with the opt-ins on.
     Scenario("nvlink-degraded",
@@ -69,7 +78,7 @@ SCENARIOS = {s.name: s for s in (
 class Prometheus:
     """A real Prometheus on loopback, scraping one agent every second."""
 
-    def __init__(self, workdir: Path, agent_port: int) -> None:
+    def __init__(self, workdir: Path, agent_port: int, *, honor_labels: bool) -> None:
         binary = shutil.which("prometheus")
         assert binary is not None, "prometheus comes with Debian's prometheus (tests/run.sh)"
         self.port = free_port()
@@ -84,7 +93,7 @@ class Prometheus:
             "rule_files": [str(rules_dir / "*.yaml")],
             "scrape_configs": [{
                 "job_name": "kvscope",
-                "honor_labels": True,
+                "honor_labels": honor_labels,
                 "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"]}],
                 "relabel_configs": [{"target_label": "instance", "replacement": NODE}],
             }],
@@ -164,7 +173,7 @@ def stacks() -> Iterator[dict[str, Stack]]:
         started: dict[str, Stack] = {}
         try:
             for scenario in SCENARIOS.values():
-                workdir = Path(tmp) / scenario.name
+                workdir = Path(tmp) / f"stack-{len(started)}"
                 workdir.mkdir()
                 args = ["demo", "--scenario", scenario.name, "--sim.fault-delay",
                         str(scenario.fault_delay)]
@@ -172,8 +181,8 @@ def stacks() -> Iterator[dict[str, Stack]]:
                     (workdir / "kvscope.yml").write_text(yaml.safe_dump(scenario.config))
                     args += ["--config", str(workdir / "kvscope.yml")]
                 agent = Agent(*args).__enter__()
-                started[scenario.name] = Stack(scenario, agent, Prometheus(workdir, agent.port),
-                                               time.monotonic())
+                prometheus = Prometheus(workdir, agent.port, honor_labels=scenario.honor_labels)
+                started[scenario.id] = Stack(scenario, agent, prometheus, time.monotonic())
             for stack in started.values():
                 stack.prometheus.wait_ready()
             yield started
@@ -229,6 +238,8 @@ def check(prometheus: Prometheus, expr: str) -> str | None:
         return f"query error: {err}"
     if not result:
         return "no data"
+    if all(sample["value"][1] == "NaN" for sample in result):
+        return "only NaN (0/0: the counters it divides did not move)"
     return None
 
 
@@ -285,12 +296,23 @@ def test_incident_scenarios_are_run() -> None:
     assert set(incident_queries()) <= set(SCENARIOS)
 
 
-def test_every_panel_returns_data_on_the_healthy_node(stacks: dict[str, Stack]) -> None:
+@pytest.mark.parametrize("healthy", ["healthy", "healthy, honor_labels false"])
+def test_every_panel_returns_data_on_the_healthy_node(stacks: dict[str, Stack],
+                                                      healthy: str) -> None:
     incidents = {q for qs in incident_queries().values() for q in qs}
     selected = [q for q in all_queries() if q not in incidents]
     assert len(selected) > 100
-    problems = failures(stacks["healthy"], selected)
-    assert not problems, "targets without data on the healthy node:\n" + describe(problems)
+    problems = failures(stacks[healthy], selected)
+    assert not problems, f"targets without data ({healthy}):\n" + describe(problems)
+
+
+def test_the_check_fails_on_a_bad_or_empty_query(stacks: dict[str, Stack]) -> None:
+    variables_when_ready(stacks["healthy"], "kvscope-agent")   # the first scrapes are in
+    prometheus = stacks["healthy"].prometheus
+    assert (check(prometheus, "kvscope_gpu_up{") or "").startswith("query error")
+    assert check(prometheus, "kvscope_no_such_series") == "no data"
+    assert check(prometheus, "vector(0) / 0") is not None
+    assert check(prometheus, "kvscope_build_info") is None
 
 
 def test_variables_resolve_to_values(stacks: dict[str, Stack]) -> None:
