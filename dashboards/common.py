@@ -13,17 +13,20 @@ Decisions (see README, "Dashboards"):
   to `instance`), as dcgm-exporter's and NVIDIA's dashboards also filter on `instance`.
 - A PD group comes from `kvscope_pod_gpu_info{pd_group}`: engine series carry `namespace` and
   `pod`, and are joined to their group on those two labels (`in_pd_group`).
-- Thresholds match the alert rules' defaults (alerts/thresholds.yaml) so that a panel turns red
-  when the alert would fire.
+- Thresholds are read from alerts/thresholds.yaml, the alert rules' single source, so that a
+  panel turns red where the alert fires (overrides made only in Helm values do not reach the
+  committed dashboards).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import attr
+import yaml
 from grafanalib import core as g
 
 # One datasource reference used by every panel, target, variable and annotation.
@@ -64,7 +67,7 @@ NEUTRAL = "blue"
 PREFILL_COLOUR = "blue"
 DECODE_COLOUR = "purple"
 
-# Thresholds, as Grafana steps. Values are the alert rules' defaults.
+# Thresholds, as Grafana steps.
 Steps = list[dict[str, Any]]
 
 
@@ -73,16 +76,35 @@ def steps(*pairs: tuple[str, float | None]) -> Steps:
     return [{"color": colour, "value": value} for colour, value in pairs]
 
 
-UTIL_STEPS = steps((NEUTRAL, None), (GOOD, 20), (WARN, 95))                 # % busy
-IMBALANCE_STEPS = steps((GOOD, None), (WARN, 30), (BAD, 40))               # spread, points
-STDDEV_STEPS = steps((GOOD, None), (WARN, 30), (BAD, 50))                  # stddev, points
-MEMORY_RATIO_STEPS = steps((GOOD, None), (WARN, 0.85), (BAD, 0.95))       # used / total
-TEMP_STEPS = steps((GOOD, None), (WARN, 80), (BAD, 87))                   # C, GPU core
-KV_CACHE_STEPS = steps((GOOD, None), (WARN, 0.90), (BAD, 0.98))           # ratio
-HIT_RATIO_STEPS = steps((BAD, None), (WARN, 0.20), (GOOD, 0.40))          # ratio, low is bad
+# alerts/thresholds.yaml is the one place every alert threshold lives; panels colour at the same
+# lines, so a panel turns red when its alert would fire.
+THRESHOLDS: dict[str, Any] = yaml.safe_load(
+    (Path(__file__).resolve().parent.parent / "alerts" / "thresholds.yaml").read_text("utf-8"))
+
+
+def limit(name: str) -> float:
+    return float(THRESHOLDS[name])
+
+
+UTIL_STEPS = steps((NEUTRAL, None), (GOOD, limit("gpu_util_low_percent")), (WARN, 95))
+IMBALANCE_STEPS = steps((GOOD, None), (BAD, limit("gpu_util_spread_points")))
+STDDEV_STEPS = steps((GOOD, None), (WARN, limit("gpu_util_stddev_warning")),
+                     (BAD, limit("gpu_util_stddev_critical")))
+MEMORY_RATIO_STEPS = steps((GOOD, None), (WARN, limit("gpu_memory_used_warning_ratio")),
+                           (BAD, limit("gpu_memory_used_critical_ratio")))
+TEMP_STEPS = steps((GOOD, None), (WARN, limit("gpu_temperature_warning_celsius")),
+                   (BAD, limit("gpu_temperature_critical_celsius")))
+QP_USAGE_STEPS = steps((GOOD, None), (WARN, limit("rdma_qp_usage_warning_ratio")),
+                       (BAD, limit("rdma_qp_usage_critical_ratio")))
+KV_CACHE_STEPS = steps((GOOD, None), (WARN, limit("engine_kv_cache_warning_ratio")),
+                       (BAD, limit("engine_kv_cache_critical_ratio")))
+HIT_RATIO_STEPS = steps((BAD, None), (WARN, limit("engine_prefix_hit_critical_ratio")),
+                        (GOOD, limit("engine_prefix_hit_warning_ratio")))   # low is bad
+TTFT_STEPS = steps((GOOD, None), (WARN, limit("engine_ttft_p99_warning_seconds")),
+                   (BAD, limit("engine_ttft_p99_critical_seconds")))
+KV_SPEED_STEPS = steps((BAD, None), (GOOD, limit("kv_transfer_min_bytes_per_second")))
 ZERO_GOOD_STEPS = steps((GOOD, None), (BAD, 1))                            # counts of bad things
 UP_STEPS = steps((BAD, None), (GOOD, 1))                                   # 1 up, 0 down
-TTFT_STEPS = steps((GOOD, None), (WARN, 1), (BAD, 2))                      # seconds, p99
 RATE_OF_BAD_STEPS = steps((GOOD, None), (BAD, 0.001))                      # errors per second
 
 UP_MAPPINGS = [{
@@ -117,9 +139,15 @@ def node_variable(source: str, *, multi: bool) -> g.Template:
                           multi=multi, include_all=multi)
 
 
+# dcgm-exporter and kvscope export DCGM_FI_DEV_XID_ERRORS for every GPU, and kvscope keeps it
+# for a GPU NVML has lost, whose utilisation and memory series are gone: the variables list the
+# lost GPU too, so its XID panels can still select it.
+GPU_INVENTORY = "DCGM_FI_DEV_XID_ERRORS"
+
+
 def gpu_variable() -> g.Template:
     return query_variable("gpu", "GPU",
-                          'label_values(DCGM_FI_DEV_GPU_UTIL{instance=~"$node"}, gpu)',
+                          f'label_values({GPU_INVENTORY}{{instance=~"$node"}}, gpu)',
                           multi=True, include_all=True)
 
 

@@ -15,6 +15,11 @@ ROW_TO_NODE = c.data_links(("GPU node: ${__data.fields.instance}, GPU ${__data.f
                                             gpu="${__data.fields.gpu}")))
 
 GPU = 'DCGM_FI_DEV_GPU_UTIL{instance=~"$node"}'
+# Recording rules (alerts/rules/recording.yaml): pre-aggregated per node for a fleet of any size.
+SPREAD = 'node:DCGM_FI_DEV_GPU_UTIL:spread{instance=~"$node"}'
+STDDEV = 'node:DCGM_FI_DEV_GPU_UTIL:stddev{instance=~"$node"}'
+FULLEST = 'node:DCGM_FI_DEV_FB_USED:ratio_max{instance=~"$node"}'
+MEMORY = 'gpu:DCGM_FI_DEV_FB_USED:ratio{instance=~"$node"}'
 
 overview = c.Row("Fleet at a glance", [
     c.Cell(c.stat("GPUs reporting", "GPUs with a utilisation sample in the last scrape.",
@@ -37,8 +42,7 @@ overview = c.Row("Fleet at a glance", [
     c.Cell(c.stat("Nodes with GPU imbalance",
                   "Nodes whose busiest and idlest GPU differ by more than 40 points "
                   "(GPUUtilizationImbalance).",
-                  [c.target(f"sum(\n  max by (instance) ({GPU})\n  - min by (instance) ({GPU})\n"
-                            "  > bool 40\n)")],
+                  [c.target(f"sum({SPREAD} > bool {c.limit('gpu_util_spread_points'):g})")],
                   unit=c.SHORT, thresholds=c.ZERO_GOOD_STEPS), width=4, height=4),
 ])
 
@@ -51,15 +55,16 @@ utilisation = c.Row("Utilisation", [
                      links=TO_NODE), width=24, height=10),
     c.Cell(c.timeseries("Imbalance per node (max - min)",
                         "Spread between the busiest and the idlest GPU of each node, in "
-                        "points. Above 40 for 5 minutes fires GPUUtilizationImbalance.",
-                        [c.target(f"max by (instance) ({GPU})\n- min by (instance) ({GPU})",
-                                  "{{instance}}")],
+                        f"points. Above {c.limit('gpu_util_spread_points'):g} fires "
+                        "GPUUtilizationImbalance.",
+                        [c.target(SPREAD, "{{instance}}")],
                         unit=c.SHORT, thresholds=c.IMBALANCE_STEPS, show_thresholds=True,
                         minimum=0, maximum=100, links=TO_NODE), width=12),
     c.Cell(c.timeseries("Utilisation standard deviation per node",
                         "Standard deviation of GPU utilisation across each node's GPUs "
-                        "(warning 30, critical 50).",
-                        [c.target(f"stddev by (instance) ({GPU})", "{{instance}}")],
+                        f"(warning {c.limit('gpu_util_stddev_warning'):g}, "
+                        f"critical {c.limit('gpu_util_stddev_critical'):g}).",
+                        [c.target(STDDEV, "{{instance}}")],
                         unit=c.SHORT, thresholds=c.STDDEV_STEPS, show_thresholds=True,
                         minimum=0, links=TO_NODE), width=12),
     c.Cell(c.table("Top GPUs by utilisation",
@@ -72,9 +77,7 @@ utilisation = c.Row("Utilisation", [
                     c.target('DCGM_FI_DEV_POWER_USAGE{instance=~"$node"}\n'
                              f"and on (instance, gpu) topk($topn, {GPU})", table=True,
                              ref="power"),
-                    c.target('DCGM_FI_DEV_FB_USED{instance=~"$node"}\n'
-                             '/ DCGM_FI_DEV_FB_TOTAL{instance=~"$node"}\n'
-                             f"and on (instance, gpu) topk($topn, {GPU})", table=True,
+                    c.target(f"{MEMORY}\nand on (instance, gpu) topk($topn, {GPU})", table=True,
                              ref="memory")],
                    hide=("UUID", "DCGM_FI_DRIVER_VERSION", "pci_bus_id", "device", "Hostname",
                          "container"),
@@ -88,9 +91,7 @@ memory_power = c.Row("Memory, power and temperature", [
                         "The highest framebuffer used / total of each node's GPUs. Above 0.85 "
                         "warns and above 0.95 pages (GPUMemoryOOMRisk): the OOM hits one GPU, "
                         "not the node average.",
-                        [c.target('max by (instance) (\n  DCGM_FI_DEV_FB_USED{instance=~"$node"}\n'
-                                  '  / DCGM_FI_DEV_FB_TOTAL{instance=~"$node"}\n)',
-                                  "{{instance}}")],
+                        [c.target(FULLEST, "{{instance}}")],
                         unit=c.RATIO, thresholds=c.MEMORY_RATIO_STEPS, show_thresholds=True,
                         minimum=0, maximum=1, links=TO_NODE), width=8),
     c.Cell(c.timeseries("Power per node",
@@ -103,8 +104,8 @@ memory_power = c.Row("Memory, power and temperature", [
                                   "{{instance}} limit")],
                         unit=c.WATT, minimum=0, links=TO_NODE), width=8),
     c.Cell(c.timeseries("Hottest GPU per node",
-                        "The highest GPU core temperature of each node (warning 80 C, "
-                        "critical 87 C).",
+                        "The highest GPU core temperature of each node; the lines are "
+                        "GPUTemperatureHigh's.",
                         [c.target('max by (instance) (DCGM_FI_DEV_GPU_TEMP{instance=~"$node"})',
                                   "{{instance}}")],
                         unit=c.CELSIUS, thresholds=c.TEMP_STEPS, show_thresholds=True,
@@ -136,7 +137,7 @@ dashboard = c.dashboard(
     uid=c.UID_FLEET, title="kvscope / GPU fleet",
     description="Which GPU is hot and why: utilisation, imbalance, memory, power, "
                 "temperature and failures across every node.",
-    variables=[c.node_variable("DCGM_FI_DEV_GPU_UTIL", multi=True),
+    variables=[c.node_variable(c.GPU_INVENTORY, multi=True),
                c.custom_variable("topn", "Top N", ["5", "10", "20", "50"], default="10")],
     rows=[overview, utilisation, memory_power, failures],
     alertnames="GPU.*",

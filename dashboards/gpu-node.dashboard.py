@@ -24,8 +24,7 @@ side_by_side = c.Row("GPUs side by side", [
     c.Cell(c.bar_gauge("Memory used / total per GPU",
                        "Framebuffer used over total for each GPU: the OOM hits the one GPU "
                        "near 1, not the node average (GPUMemoryOOMRisk 0.85 / 0.95).",
-                       [c.target(f"DCGM_FI_DEV_FB_USED{{{SEL}}}\n"
-                                 f"/ DCGM_FI_DEV_FB_TOTAL{{{SEL}}}", "GPU {{gpu}}")],
+                       [c.target(f"gpu:DCGM_FI_DEV_FB_USED:ratio{{{SEL}}}", "GPU {{gpu}}")],
                        unit=c.RATIO, thresholds=c.MEMORY_RATIO_STEPS, maximum=1), width=12),
     c.Cell(c.table("Busy or merely resident",
                    "GPU_UTIL beside the GPM profiling ratios: a GPU at 100% GPU_UTIL with low "
@@ -97,7 +96,7 @@ clocks = c.Row("Clocks, power and temperature", [
                                   "GPU {{gpu}} limit")],
                         unit=c.WATT, minimum=0), width=8),
     c.Cell(c.timeseries("GPU and memory temperature",
-                        "Core and HBM temperature per GPU (core: warning 80 C, critical 87 C).",
+                        "Core and HBM temperature per GPU; the lines are GPUTemperatureHigh's.",
                         [c.target(f"DCGM_FI_DEV_GPU_TEMP{{{SEL}}}", "GPU {{gpu}} core"),
                          c.target(f"DCGM_FI_DEV_MEMORY_TEMP{{{SEL}}}", "GPU {{gpu}} memory")],
                         unit=c.CELSIUS, thresholds=c.TEMP_STEPS, show_thresholds=True),
@@ -161,7 +160,7 @@ dashboard = c.dashboard(
     uid=c.UID_NODE, title="kvscope / GPU node",
     description="One node's GPUs side by side: utilisation against the profiling ratios, "
                 "memory against total, clocks and their reasons, PCIe, pods per GPU.",
-    variables=[c.node_variable("DCGM_FI_DEV_GPU_UTIL", multi=False), c.gpu_variable()],
+    variables=[c.node_variable(c.GPU_INVENTORY, multi=False), c.gpu_variable()],
     rows=[side_by_side, activity, memory, clocks, pcie, pods],
     alertnames="GPU.*",
 )

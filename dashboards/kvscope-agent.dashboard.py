@@ -11,6 +11,9 @@ INCIDENT_ONLY = c.IncidentOnly()
 
 SEL = c.ON_NODE
 TARGET = 'job=~"$job", instance=~"$node"'
+# Engine series carry the engine's own `instance` (honor_labels keeps it), so they cannot be
+# filtered by node: they are selected by job.
+ENGINES = 'job=~"$job"'
 TO_NODE = c.data_links(("GPU node: ${__field.labels.instance}",
                         c.dashboard_url(c.UID_NODE, node="${__field.labels.instance}")))
 
@@ -24,7 +27,7 @@ agents = c.Row("Agents", [
                   [c.target(f"sum(1 - kvscope_collector_up{{{SEL}}})")], unit=c.SHORT,
                   thresholds=c.ZERO_GOOD_STEPS), width=6, height=4),
     c.Cell(c.stat("Engines down", "Engine endpoints the agents could not scrape.",
-                  [c.target(f"sum(1 - kvscope_engine_up{{{SEL}}})")], unit=c.SHORT,
+                  [c.target(f"sum(1 - kvscope_engine_up{{{ENGINES}}})")], unit=c.SHORT,
                   thresholds=c.ZERO_GOOD_STEPS), width=6, height=4),
     c.Cell(c.table("Versions", "Agents per kvscope version.",
                    [c.target(f"count by (version) (kvscope_build_info{{{SEL}}})", table=True)],
@@ -66,7 +69,7 @@ collectors = c.Row("Collectors", [
         c.timeseries("Engine scrape errors",
                      "Failed scrapes of inference-engine endpoints per second, by reason.",
                      [c.target("sum by (engine, role, reason) (rate(\n"
-                               f"  kvscope_engine_scrape_errors_total{{{SEL}}}"
+                               f"  kvscope_engine_scrape_errors_total{{{ENGINES}}}"
                                "[$__rate_interval]\n))",
                                "{{engine}} {{role}} {{reason}}")],
                      unit=c.PER_SECOND, minimum=0, thresholds=c.RATE_OF_BAD_STEPS),
@@ -74,7 +77,7 @@ collectors = c.Row("Collectors", [
     c.Cell(c.timeseries("Engine scrape duration",
                         "Time the agent took to fetch and parse each engine's metrics.",
                         [c.target("max by (engine, role, pod) "
-                                  f"(kvscope_engine_scrape_duration_seconds{{{SEL}}})",
+                                  f"(kvscope_engine_scrape_duration_seconds{{{ENGINES}}})",
                                   "{{engine}} {{role}} {{pod}}")],
                         unit=c.SECONDS, minimum=0), width=24),
 ])

@@ -124,7 +124,8 @@ transfer = c.Row("KV transfer", [
                                   + "\n/\n"
                                   + by_role("rate(kvscope_engine_kv_transfer_seconds_total"
                                             "[$__rate_interval])", "pod"), "{{role}} {{pod}}")],
-                        unit=c.BYTES_PER_SECOND, minimum=0, links=TO_NVLINK), width=8),
+                        unit=c.BYTES_PER_SECOND, minimum=0, thresholds=c.KV_SPEED_STEPS,
+                        show_thresholds=True, links=TO_NVLINK), width=8),
     c.Cell(c.timeseries("KV transfer failures",
                         "Failed KV transfers and bootstraps per second (KVTransferFailures).",
                         [c.target(by_role("rate(kvscope_engine_kv_transfer_failures_total"

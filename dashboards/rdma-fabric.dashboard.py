@@ -61,14 +61,7 @@ ports = c.Row("Ports", [
     c.Cell(c.timeseries("Port use of rate",
                         "The busier direction over the port rate: near 1 the port is the "
                         "bottleneck.",
-                        [c.target("max by (instance, device, port) (\n"
-                                  f"  rate(kvscope_rdma_port_transmit_bytes_total{{{SEL}}}"
-                                  "[$__rate_interval])\n"
-                                  "  or\n"
-                                  f"  rate(kvscope_rdma_port_receive_bytes_total{{{SEL}}}"
-                                  "[$__rate_interval])\n)\n"
-                                  f"/ on (instance, device, port) "
-                                  f"kvscope_rdma_port_rate_bytes_per_second{{{SEL}}}",
+                        [c.target(f"port:kvscope_rdma_port_throughput:ratio_rate{{{SEL}}}",
                                   "{{instance}} {{device}}")],
                         unit=c.RATIO, minimum=0, maximum=1), width=12),
     c.Cell(c.timeseries("Packets",
@@ -120,11 +113,10 @@ queue_pairs = c.Row("Queue pairs", [
     c.Cell(c.timeseries("QPs in use against the device maximum",
                         "Queue pairs in use (rdma resource show) over the device's max_qp: "
                         "near 1 new connections fail (RDMAQPExhaustion).",
-                        [c.target(f'kvscope_rdma_resources{{{SEL}, type="qp"}}\n'
-                                  "/ on (instance, device) "
-                                  f"kvscope_rdma_device_max_qp{{{SEL}}}",
+                        [c.target(f"device:kvscope_rdma_qp:usage_ratio{{{SEL}}}",
                                   "{{instance}} {{device}}")],
-                        unit=c.RATIO, minimum=0, thresholds=c.MEMORY_RATIO_STEPS), width=12),
+                        unit=c.RATIO, minimum=0, thresholds=c.QP_USAGE_STEPS,
+                        show_thresholds=True), width=12),
     c.Cell(c.timeseries("RDMA resources in use",
                         "QPs, CQs, MRs and PDs in use per device.",
                         [c.target(f'kvscope_rdma_resources{{{SEL}, type=~"qp|cq|mr|pd"}}',
