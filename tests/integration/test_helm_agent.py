@@ -18,7 +18,7 @@ import trustme
 import yaml
 
 from agent import Agent, free_port
-from helm_chart import SCENARIOS, agent_container, by_kind, one, render
+from helm_chart import SCENARIOS, agent_container, by_kind, render
 from kvscope.cli import _overrides, main
 from kvscope.config import Config, load
 from kvscope.webconfig import load_web_config
@@ -126,7 +126,7 @@ def test_minimal_values_turn_collectors_and_api_off(tmp_path: Path,
 
 def test_a_config_typo_in_values_is_refused_by_the_agent(tmp_path: Path) -> None:
     docs = render(sets=["config.collectors.gpu.cadnce.fast=1"])
-    config_map = one(docs, "ConfigMap")
+    config_map = next(c for c in by_kind(docs, "ConfigMap") if "kvscope.yml" in c["data"])
     path = tmp_path / "kvscope.yml"
     path.write_text(config_map["data"]["kvscope.yml"])
     result = subprocess.run([sys.executable, "-m", "kvscope.cli", "collect", f"--config={path}",
@@ -173,6 +173,7 @@ def test_tls_and_basic_auth_agent_matches_its_probes(tmp_path: Path,
     auth = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
     with Agent(*rendered.args(), "--scenario", "healthy", scheme="https",
                ssl_context=_client_context(certs)) as agent:
+        _wait_ready(agent, {"Authorization": auth})
         status, body, _ = agent.get("/metrics", {"Authorization": auth})
         assert status == 200
         assert b"DCGM_FI_DEV_GPU_TEMP" in body
