@@ -10,6 +10,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from cloudcoil.models.prometheus_operator import v1, v1alpha1
+from pydantic import BaseModel, ValidationError
 
 from helm_chart import (
     CHART,
@@ -57,6 +59,42 @@ def test_manifests_validate_for_every_supported_kubernetes(scenario: str) -> Non
                 failures.append(f"{version} {doc['kind']}/{doc['metadata']['name']}: "
                                 f"{err.message} at {list(err.path)}")
     assert not failures, "\n".join(failures)
+
+
+OPERATOR_MODELS: dict[str, type[BaseModel]] = {
+    "ServiceMonitor": v1.ServiceMonitor, "PodMonitor": v1.PodMonitor,
+    "PrometheusRule": v1.PrometheusRule, "AlertmanagerConfig": v1alpha1.AlertmanagerConfig,
+}
+
+
+def _operator_problem(doc: dict[str, Any]) -> str | None:
+    """Validate against the operator's CRD schema; unknown fields fail too (the models ignore
+    them, so a round trip that loses a field means the CRD has no such field)."""
+    try:
+        model = OPERATOR_MODELS[doc["kind"]].model_validate(doc)
+    except ValidationError as err:
+        return str(err)
+    again = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    if again != doc:
+        return f"fields the CRD does not know: {yaml.safe_dump(doc)} became {yaml.safe_dump(again)}"
+    return None
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_operator_objects_validate_against_their_crds(scenario: str) -> None:
+    docs = [d for d in render(scenario, api_versions=OPERATOR_APIS) if d["kind"] in OPERATOR_KINDS]
+    problems = [f"{d['kind']}: {p}" for d in docs if (p := _operator_problem(d)) is not None]
+    assert not problems, "\n".join(problems)
+
+
+def test_crd_validation_catches_unknown_fields_and_bad_values() -> None:
+    monitor = one(render(api_versions=OPERATOR_APIS), "ServiceMonitor")
+    assert _operator_problem(monitor) is None
+    monitor["spec"]["endpoints"][0]["honorLabelz"] = True
+    assert _operator_problem(monitor) is not None
+    del monitor["spec"]["endpoints"][0]["honorLabelz"]
+    monitor["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    assert _operator_problem(monitor) is not None
 
 
 def test_validation_catches_a_broken_manifest() -> None:
