@@ -223,3 +223,12 @@ def test_chart_app_version_is_the_package_version() -> None:
     with (CHART.parents[1] / "pyproject.toml").open("rb") as f:
         version = tomllib.load(f)["project"]["version"]
     assert chart["appVersion"] == version
+
+
+def test_pod_monitor_selects_the_agent_pods() -> None:
+    docs = render("everything-values.yaml")
+    selector = one(docs, "PodMonitor")["spec"]["selector"]["matchLabels"]
+    pod = one(docs, "DaemonSet")["spec"]["template"]
+    assert all(pod["metadata"]["labels"][k] == v for k, v in selector.items())
+    ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"] in ports
