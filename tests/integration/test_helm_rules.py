@@ -179,3 +179,19 @@ def test_no_rule_files_renders_no_prometheus_rule(tmp_path: Path) -> None:
     docs = render(api_versions=[RULE_API], chart=chart)
     assert not [d for d in docs if d["kind"] == "PrometheusRule"]
     assert any(d["kind"] == "DaemonSet" for d in docs)
+
+
+@needs_rules
+def test_agent_job_follows_the_chart_name_unless_set() -> None:
+    if "agent_job" not in _thresholds():
+        pytest.skip("thresholds.yaml has no agent_job")
+
+    def job_exprs(sets: tuple[str, ...]) -> set[str]:
+        return {r["expr"] for g in _groups(sets) for r in g["rules"]
+                if "alert" in r and "up{job=" in r["expr"]}
+
+    assert job_exprs(()) and all('job="kvscope"' in e for e in job_exprs(()))
+    renamed = job_exprs(("nameOverride=gpu-agent",))
+    assert renamed and all('job="gpu-agent"' in e for e in renamed)
+    forced = job_exprs(("nameOverride=gpu-agent", "prometheusRule.thresholds.agent_job=mine"))
+    assert all('job="mine"' in e for e in forced)
