@@ -3,6 +3,7 @@
 # image build).
 #
 #   bash helm/image/build.sh [--tag NAME:TAG] [--base IMAGE | --local-base] [--python PY]
+#                            [--extras LIST]
 #
 #   --tag NAME:TAG   image name (default kvscope:<version from pyproject.toml>)
 #   --base IMAGE     base image with python3 and venv (default python:3.11-slim-bookworm)
@@ -11,9 +12,11 @@
 #                    container registry. Kept as localhost/kvscope-base:bookworm and reused.
 #   --python PY      the Python that builds the wheelhouse; its minor version must equal the
 #                    base's (default: .venv/bin/python if present, else python3)
+#   --extras LIST    kvscope extras to install (default "rdma": pyverbs for RDMA device limits
+#                    and the QP probe; "" for none)
 #
-# Storage driver and isolation default to vfs and chroot, which work unprivileged-ish inside
-# containers and CI machines without overlayfs or user namespaces; override with
+# Storage driver and isolation default to vfs and chroot, which work inside containers and on CI
+# machines without overlayfs or user namespaces; override with
 # BUILDAH_STORAGE_DRIVER and BUILDAH_ISOLATION. Push afterwards with `buildah push NAME:TAG
 # docker://REGISTRY/NAME:TAG` (README, "Deploy").
 set -euo pipefail
@@ -27,13 +30,15 @@ tag=""
 base="python:3.11-slim-bookworm"
 local_base=0
 python=""
+extras="rdma"
 while (($#)); do
   case "$1" in
     --tag) tag="${2:?--tag needs NAME:TAG}"; shift 2 ;;
     --base) base="${2:?--base needs an image}"; shift 2 ;;
     --local-base) local_base=1; shift ;;
     --python) python="${2:?--python needs a path}"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --extras) extras="${2?--extras needs a list, or \"\" for none}"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -84,7 +89,7 @@ fi
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 echo "build.sh: wheelhouse for Python $wheel_python"
-"$python" -m pip wheel --quiet --disable-pip-version-check . -w "$ctx/wheels" \
+"$python" -m pip wheel --quiet --disable-pip-version-check ".${extras:+[$extras]}" -w "$ctx/wheels" \
   || die "pip wheel failed: the wheelhouse needs kvscope's dependencies from your package index"
 cp "$here/Containerfile" "$ctx/Containerfile"
 
@@ -94,6 +99,7 @@ echo "build.sh: building $tag from $base"
 buildah bud --quiet --layers=false \
   --build-arg "BASE_IMAGE=$base" \
   --build-arg "WHEEL_PYTHON=$wheel_python" \
+  --build-arg "EXTRAS=$extras" \
   --build-arg "VERSION=$version" \
   --build-arg "REVISION=$revision" \
   --build-arg "SOURCE=$source_url" \

@@ -126,3 +126,10 @@ def test_image_ships_no_pip(container: str) -> None:
     in_venv = _run(container, "/opt/kvscope/bin/python", "-c", "import pip")
     assert in_venv.returncode != 0, "pip is still in the kvscope venv"
     assert "ModuleNotFoundError" in in_venv.stderr
+
+
+def test_image_has_pyverbs_for_rdma_device_limits(container: str) -> None:
+    # The wheel bundles libibverbs and the mlx5/efa providers; without RDMA devices the verbs
+    # source reports "no hardware", which collect shows as kvscope_rdma_verbs_available 0.
+    result = _run(container, "/opt/kvscope/bin/python", "-c", "import pyverbs.device")
+    assert result.returncode == 0, result.stderr
