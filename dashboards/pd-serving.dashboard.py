@@ -80,13 +80,14 @@ cache = c.Row("KV cache", [
                         show_thresholds=True, overrides=c.role_overrides()), width=12),
     c.Cell(c.timeseries("Prefix-cache hit ratio",
                         "Hit tokens over queried tokens (the counter pair, so it is right over "
-                        "any window); below 0.4 warns, below 0.2 pages "
-                        "(EnginePrefixCacheHitRateLow).",
+                        "any window), per role and cache (the engine's own, LMCache's); the "
+                        "lines are EnginePrefixCacheHitRateLow's.",
                         [c.target(by_role("rate(kvscope_engine_prefix_cache_hit_tokens_total"
-                                          "[$__rate_interval])")
+                                          "[$__rate_interval])", "engine")
                                   + "\n/\n"
                                   + by_role("rate(kvscope_engine_prefix_cache_query_tokens_total"
-                                            "[$__rate_interval])"), "{{role}}")],
+                                            "[$__rate_interval])", "engine"),
+                                  "{{role}} {{engine}}")],
                         unit=c.RATIO, minimum=0, maximum=1, thresholds=c.HIT_RATIO_STEPS,
                         show_thresholds=True, overrides=c.role_overrides()), width=12),
 ])

@@ -370,3 +370,18 @@ def test_recording_and_alert_rules_load_and_evaluate(stacks: dict[str, Stack]) -
     for dashboard in dh.generated().values():
         for annotation in dashboard["annotations"]["list"]:
             healthy.prometheus.query(annotation["expr"])   # raises QueryError on a parse error
+
+
+def test_alert_annotations_show_a_firing_alert(stacks: dict[str, Stack]) -> None:
+    """Under xid-79 GPUXidError fires at once (it has no `for`); the GPU dashboards' annotation
+    query shows it."""
+    if not RULES:
+        pytest.skip("alerts/rules/*.yaml not present")
+    stack = stacks["xid-79"]
+    dashboards = dh.generated()
+    for slug in ("gpu-fleet", "gpu-node"):
+        (annotation,) = dashboards[slug]["annotations"]["list"]
+        while not (firing := stack.prometheus.query(annotation["expr"])):
+            assert time.monotonic() - stack.started < DEADLINE_S, f"{slug}: no alert annotation"
+            time.sleep(1)
+        assert {sample["metric"]["alertname"] for sample in firing} >= {"GPUXidError"}
