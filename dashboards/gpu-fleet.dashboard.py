@@ -21,6 +21,14 @@ STDDEV = 'node:DCGM_FI_DEV_GPU_UTIL:stddev{instance=~"$node"}'
 FULLEST = 'node:DCGM_FI_DEV_FB_USED:ratio_max{instance=~"$node"}'
 MEMORY = 'gpu:DCGM_FI_DEV_FB_USED:ratio{instance=~"$node"}'
 
+
+
+def top(expr: str) -> str:
+    """`expr` for the $topn busiest GPUs only, one row per node and GPU."""
+    return c.keyed(f"{expr}\n  and on (instance, gpu) topk($topn, {GPU})",
+                   "instance", "gpu", "modelName")
+
+
 overview = c.Row("Fleet at a glance", [
     c.Cell(c.stat("GPUs reporting", "GPUs with a utilisation sample in the last scrape.",
                   [c.target(f"count({GPU})")], unit=c.SHORT,
@@ -70,17 +78,12 @@ utilisation = c.Row("Utilisation", [
     c.Cell(c.table("Top GPUs by utilisation",
                    "The $topn busiest GPUs with their temperature, power and memory; click a "
                    "row to open its node.",
-                   [c.target(f"topk($topn, {GPU})", table=True, ref="util"),
-                    c.target('DCGM_FI_DEV_GPU_TEMP{instance=~"$node"}\n'
-                             f"and on (instance, gpu) topk($topn, {GPU})", table=True,
+                   [c.target(top(GPU), table=True, ref="util"),
+                    c.target(top('DCGM_FI_DEV_GPU_TEMP{instance=~"$node"}'), table=True,
                              ref="temp"),
-                    c.target('DCGM_FI_DEV_POWER_USAGE{instance=~"$node"}\n'
-                             f"and on (instance, gpu) topk($topn, {GPU})", table=True,
+                    c.target(top('DCGM_FI_DEV_POWER_USAGE{instance=~"$node"}'), table=True,
                              ref="power"),
-                    c.target(f"{MEMORY}\nand on (instance, gpu) topk($topn, {GPU})", table=True,
-                             ref="memory")],
-                   hide=("UUID", "DCGM_FI_DRIVER_VERSION", "pci_bus_id", "device", "Hostname",
-                         "container"),
+                    c.target(top(MEMORY), table=True, ref="memory")],
                    rename={"Value #util": "utilisation %", "Value #temp": "temperature C",
                            "Value #power": "power W", "Value #memory": "memory used / total"},
                    links=ROW_TO_NODE), width=24, height=9),
