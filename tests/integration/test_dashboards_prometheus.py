@@ -19,6 +19,7 @@ The scrape job keeps the agent's labels (`honor_labels: true`, as the README ask
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -397,3 +398,32 @@ def test_alert_annotations_show_a_firing_alert(stacks: dict[str, Stack]) -> None
             assert time.monotonic() - stack.started < DEADLINE_S, f"{slug}: no alert annotation"
             time.sleep(1)
         assert {sample["metric"]["alertname"] for sample in firing} >= {"GPUXidError"}
+
+
+_LINK_LABEL = re.compile(r"\$\{__(?:field\.labels|data\.fields)\.(\w+)\}")
+
+
+def test_drill_down_links_find_their_labels(stacks: dict[str, Stack]) -> None:
+    """A link that passes ${__field.labels.X} or ${__data.fields.X} on needs X in the panel's
+    data: every such panel's series carry the label, and its table does not hide it."""
+    healthy = stacks["healthy"]
+    listed = dh.incident_only()
+    checked = 0
+    for dashboard in dh.generated().values():
+        values = variables_when_ready(healthy, dashboard["uid"])
+        for panel in dh.panels(dashboard):
+            links = panel["fieldConfig"]["defaults"].get("links", [])
+            labels = {name for link in links for name in _LINK_LABEL.findall(link["url"])}
+            if not labels or panel["title"] in listed.get(dashboard["uid"], {}):
+                continue
+            hidden = {name for step in panel.get("transformations", [])
+                      for name in step["options"].get("excludeByName", {})}
+            assert not labels & hidden, f"{panel['title']}: link label hidden"
+            for target in panel["targets"]:
+                series = healthy.prometheus.query(dh.substitute(target["expr"], values))
+                assert series, f"{panel['title']} / {target['refId']}: no data"
+                missing = {name for sample in series for name in labels
+                           if name not in sample["metric"]}
+                assert not missing, f"{panel['title']} / {target['refId']}: no {missing}"
+            checked += 1
+    assert checked >= 8
