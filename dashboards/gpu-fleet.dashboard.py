@@ -48,9 +48,14 @@ overview = c.Row("Fleet at a glance", [
                   [c.target('sum(1 - kvscope_gpu_up{instance=~"$node"})')], unit=c.SHORT,
                   thresholds=c.ZERO_GOOD_STEPS), width=4, height=4),
     c.Cell(c.stat("Nodes with GPU imbalance",
-                  "Nodes whose busiest and idlest GPU differ by more than 40 points "
-                  "(GPUUtilizationImbalance).",
-                  [c.target(f"sum({SPREAD} > bool {c.limit('gpu_util_spread_points'):g})")],
+                  f"Nodes whose busiest and idlest GPU differ by more than "
+                  f"{c.limit('gpu_util_spread_points'):g} points while the busiest is at least "
+                  f"{c.limit('gpu_imbalance_min_busy_percent'):g}% busy: GPUUtilizationImbalance's "
+                  "condition, before its `for`.",
+                  [c.target(f"sum(\n  ({SPREAD} > bool {c.limit('gpu_util_spread_points'):g})\n"
+                            "  * on (instance, Hostname)\n"
+                            '  (node:DCGM_FI_DEV_GPU_UTIL:max{instance=~"$node"} >= bool '
+                            f"{c.limit('gpu_imbalance_min_busy_percent'):g})\n)")],
                   unit=c.SHORT, thresholds=c.ZERO_GOOD_STEPS), width=4, height=4),
 ])
 

@@ -88,8 +88,8 @@ clocks = c.Row("Clocks, power and temperature", [
     c.Cell(c.timeseries("SM clock",
                         "SM clock per GPU; a GPU clocked below its peers under the same load "
                         "is being held down (see the reasons beside).",
-                        [c.target(f"DCGM_FI_DEV_SM_CLOCK{{{SEL}}}", "GPU {{gpu}}")],
-                        unit=c.MHZ), width=8),
+                        [c.target(f"DCGM_FI_DEV_SM_CLOCK{{{SEL}}} * 1e6", "GPU {{gpu}}")],
+                        unit=c.HERTZ), width=8),
     c.Cell(c.timeseries("Clock event reasons",
                         "GPUs held down by each reason (power cap, thermal, HW slowdown, ...); "
                         "idle is normal on an idle GPU.",

@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,9 @@ SCENARIOS = {s.id: s for s in (
     Scenario("qp-failure"),
     Scenario("erdma-throttle"),
     Scenario("nvml-hang"),
+    # Not incidents that empty panels fill, but the ones the dashboards must show at a glance.
+    Scenario("gpu0-hotspot"),
+    Scenario("oom-risk"),
     # At 0 the engine is gone before the agent's first scrape; a later fault leaves the agent's
     # keep-alive connection served by the simulated engine after it stops listening.
     Scenario("engine-down", fault_delay=0),
@@ -427,3 +430,50 @@ def test_drill_down_links_find_their_labels(stacks: dict[str, Stack]) -> None:
                 assert not missing, f"{panel['title']} / {target['refId']}: no {missing}"
             checked += 1
     assert checked >= 8
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the on-call must read on a panel under a scenario, and the check of its values."""
+
+    scenario: str
+    slug: str
+    panel: str
+    meaning: str
+    holds: Callable[[list[float]], bool]
+
+
+ANSWERS = [
+    Answer("healthy", "gpu-fleet", "Nodes with GPU imbalance", "0 on the balanced node",
+           lambda values: values == [0.0]),
+    Answer("gpu0-hotspot", "gpu-fleet", "Nodes with GPU imbalance",
+           "1: GPU 0 at 98%, GPU 7 at 48%", lambda values: values == [1.0]),
+    Answer("gpu0-hotspot", "gpu-fleet", "Imbalance per node (max - min)", "a 40-60 point spread",
+           lambda values: len(values) == 1 and 40 < values[0] <= 60),
+    Answer("gpu0-hotspot", "gpu-node", "Utilisation per GPU", "GPU 0 is the busiest GPU",
+           lambda values: len(values) == 8 and values[0] == max(values)),
+    Answer("oom-risk", "gpu-fleet", "Fullest GPU per node (memory used / total)",
+           "above the critical line", lambda values: len(values) == 1 and values[0] > 0.95),
+    Answer("oom-risk", "gpu-node", "Memory used / total per GPU",
+           "one GPU near full, its peers below",
+           lambda values: len(values) == 8 and sum(v > 0.95 for v in values) == 1),
+]
+
+
+@pytest.mark.parametrize("answer", ANSWERS, ids=[f"{a.scenario}: {a.panel}" for a in ANSWERS])
+def test_panels_answer_the_on_call(stacks: dict[str, Stack], answer: Answer) -> None:
+    """The panel's values say what the scenario is about (ordered by GPU where per GPU)."""
+    stack = stacks[answer.scenario]
+    dashboard = dh.generated()[answer.slug]
+    (panel,) = [p for p in dh.panels(dashboard) if p["title"] == answer.panel]
+    expr = dh.substitute(panel["targets"][0]["expr"],
+                         variables_when_ready(stack, dashboard["uid"]))
+    while True:
+        series = stack.prometheus.query(expr)
+        values = [float(s["value"][1]) for s in
+                  sorted(series, key=lambda s: int(s["metric"].get("gpu", "0")))]
+        if answer.holds(values) or time.monotonic() - stack.started > DEADLINE_S:
+            break
+        time.sleep(1)
+    assert answer.holds(values), (f"{answer.scenario} / {answer.panel}: expected "
+                                  f"{answer.meaning}, got {values}")
