@@ -42,7 +42,7 @@ from agent import REPO, Agent, free_port
 pytestmark = pytest.mark.integration
 
 NODE = "e2e-node"          # tests/agent.py's NODE_NAME; the scrape sets instance to it
-DEADLINE_S = 60            # from start-up, for every scenario's data to appear
+DEADLINE_S = 90            # from start-up, for every scenario's data to appear (a busy machine)
 RULES = sorted((REPO / "alerts" / "rules").glob("*.yaml"))
 
 
@@ -75,6 +75,9 @@ SCENARIOS = {s.id: s for s in (
     # Not incidents that empty panels fill, but the ones the dashboards must show at a glance.
     Scenario("gpu0-hotspot"),
     Scenario("oom-risk"),
+    Scenario("kv-cache-full"),
+    Scenario("queue-backlog"),
+    Scenario("nvlink-bypass"),
     # At 0 the engine is gone before the agent's first scrape; a later fault leaves the agent's
     # keep-alive connection served by the simulated engine after it stops listening.
     Scenario("engine-down", fault_delay=0),
@@ -457,6 +460,16 @@ ANSWERS = [
     Answer("oom-risk", "gpu-node", "Memory used / total per GPU",
            "one GPU near full, its peers below",
            lambda values: len(values) == 8 and sum(v > 0.95 for v in values) == 1),
+    Answer("healthy", "nvlink-topology", "PD pairs: path and IPC verdict", "IPC possible",
+           lambda values: values == [1.0]),
+    Answer("nvlink-bypass", "nvlink-topology", "PD pairs: path and IPC verdict",
+           "IPC impossible: the KV cache cannot use NVLink", lambda values: values == [0.0]),
+    Answer("kv-cache-full", "pd-serving", "KV cache usage", "an engine past the critical line",
+           lambda values: bool(values) and max(values) > 0.98),
+    Answer("healthy", "pd-serving", "KV cache usage", "every engine below the warning line",
+           lambda values: bool(values) and max(values) < 0.9),
+    Answer("queue-backlog", "pd-serving", "Requests waiting and running",
+           "hundreds of requests waiting", lambda values: bool(values) and max(values) >= 300),
 ]
 
 
