@@ -360,10 +360,6 @@ def heatmap(title: str, description: str, targets: Sequence[g.Target], *, unit: 
                     "tooltip": {"show": True, "yHistogram": False}}})
 
 
-def text(title: str, markdown: str) -> g.Text:
-    return g.Text(title=title, content=markdown, mode=g.TEXT_MODE_MARKDOWN)
-
-
 # ---------------------------------------------------------------------------------------------
 # The dashboard
 # ---------------------------------------------------------------------------------------------
