@@ -141,6 +141,12 @@ queue_pairs = c.Row("Queue pairs", [
                           "before the engine starts (RDMAQPProfileUnsupported).",
                           f"kvscope_rdma_qp_profile_fits{{{SEL}}}",
                           rows="device", columns="profile", value="Value"), width=12),
+    c.Cell(c.matrix_table("QP probe results",
+                          "The opt-in create-QP probe: 1 when ibv_create_qp with the profile's "
+                          "caps succeeded on the device, 0 when it failed (the reason label "
+                          "names the errno).",
+                          f"kvscope_rdma_qp_probe_success{{{SEL}}}",
+                          rows="device", columns="profile", value="Value"), width=12),
     c.Cell(c.table("Device limits",
                    "The limits the profiles are checked against (ibv_query_device).",
                    [c.target(per_device("kvscope_rdma_device_max_qp"), table=True, ref="qp"),
@@ -148,7 +154,7 @@ queue_pairs = c.Row("Queue pairs", [
                     c.target(per_device("kvscope_rdma_device_max_qp_wr"), table=True,
                              ref="wr")],
                    rename={"Value #qp": "max_qp", "Value #sge": "max_sge",
-                           "Value #wr": "max_qp_wr"}), width=12),
+                           "Value #wr": "max_qp_wr"}), width=24, height=6),
     c.Cell(INCIDENT_ONLY.mark(
         c.timeseries("QP create failures",
                      "Queue-pair creations that failed: from the eRDMA driver's own counter, "

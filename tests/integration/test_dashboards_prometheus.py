@@ -435,6 +435,28 @@ def test_drill_down_links_find_their_labels(stacks: dict[str, Stack]) -> None:
     assert checked >= 8
 
 
+def test_matrix_tables_find_their_fields(stacks: dict[str, Stack]) -> None:
+    """Grouping to a matrix needs its row, column and value labels in every series."""
+    healthy = stacks["healthy"]
+    matrices = 0
+    for dashboard in dh.generated().values():
+        values = variables_when_ready(healthy, dashboard["uid"])
+        for panel in dh.panels(dashboard):
+            for step in panel.get("transformations", []):
+                if step["id"] != "groupingToMatrix":
+                    continue
+                options = step["options"]
+                fields = {options["rowField"], options["columnField"], options["valueField"]}
+                fields.discard("Value")
+                (target,) = panel["targets"]
+                series = healthy.prometheus.query(dh.substitute(target["expr"], values))
+                assert series, panel["title"]
+                for sample in series:
+                    assert fields <= set(sample["metric"]), (panel["title"], sample["metric"])
+                matrices += 1
+    assert matrices >= 4
+
+
 @dataclass(frozen=True)
 class Answer:
     """What the on-call must read on a panel under a scenario, and the check of its values."""
