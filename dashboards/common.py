@@ -49,10 +49,10 @@ PERCENT = "percent"          # 0-100
 RATIO = "percentunit"        # 0-1
 MIB = "mbytes"               # Grafana's mbytes is MiB (IEC)
 BYTES = "bytes"
-BYTES_PER_SECOND = "binBps"
+BYTES_PER_SECOND = "Bps"     # SI, as link rates are quoted
 WATT = "watt"
 CELSIUS = "celsius"
-MHZ = "rotmhz"
+HERTZ = "hertz"               # DCGM clocks are MHz: panels multiply by 1e6
 SECONDS = "s"
 PER_SECOND = "ops"
 SHORT = "short"
@@ -163,6 +163,12 @@ def custom_variable(name: str, label: str, values: Sequence[str], default: str) 
 # Label matchers, spelled once.
 ON_NODE = 'instance=~"$node"'
 ON_NODE_GPU = 'instance=~"$node", gpu=~"$gpu"'
+
+
+def keyed(expr: str, *labels: str) -> str:
+    """`expr` reduced to exactly `labels`: the targets of one merged table must share their
+    label set, or Grafana's merge cannot line their rows up."""
+    return f"max by ({', '.join(labels)}) (\n  {expr}\n)"
 
 
 def in_pd_group(expr: str) -> str:
@@ -277,22 +283,30 @@ def stat(title: str, description: str, targets: Sequence[g.Target], *, unit: str
     return attr.evolve(panel, extraJson={"fieldConfig": {"defaults": defaults}})
 
 
+class BarGaugePanel(g.Panel):  # type: ignore[misc]
+    """A bar gauge in Grafana's current shape. grafanalib's BarGauge writes Grafana 6's
+    `options.fieldOptions`, which Grafana's migration copies over `fieldConfig` on load.
+    (Panel's attrs fields and __init__ are inherited; no fields are added.)"""
+
+    def to_json_data(self) -> dict[str, Any]:
+        return dict(self.panel_json({
+            "type": g.BARGAUGE_TYPE,
+            "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
+                                          "values": False},
+                        "displayMode": "gradient", "orientation": "vertical",
+                        "showUnfilled": True},
+        }))
+
+
 def bar_gauge(title: str, description: str, targets: Sequence[g.Target], *, unit: str,
               thresholds: Steps, minimum: float = 0, maximum: float | None = None,
-              links: list[dict[str, Any]] | None = None) -> g.BarGauge:
+              links: list[dict[str, Any]] | None = None) -> g.Panel:
     """Bars side by side, one per series: the GPU 0 syndrome reads at a glance."""
-    panel = g.BarGauge(title=title, description=description, dataSource=DATASOURCE,
-                       targets=_with_ref_ids(targets), format=unit,
-                       displayMode=g.GAUGE_DISPLAY_MODE_GRADIENT,
-                       orientation=g.ORIENTATION_VERTICAL, calc="lastNotNull",
-                       min=minimum, max=maximum, thresholds=[])
     defaults = _field_defaults(unit, thresholds=thresholds, links=links, minimum=minimum,
                                maximum=maximum, colour_by_thresholds=True)
-    return attr.evolve(panel, extraJson={
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "displayMode": "gradient", "orientation": "vertical",
-                    "showUnfilled": True}})
+    return BarGaugePanel(title=title, description=description, dataSource=DATASOURCE,
+                         targets=_with_ref_ids(targets),
+                         extraJson={"fieldConfig": {"defaults": defaults, "overrides": []}})
 
 
 def table(title: str, description: str, targets: Sequence[g.Target], *, unit: str = NONE,
@@ -344,10 +358,6 @@ def heatmap(title: str, description: str, targets: Sequence[g.Target], *, unit: 
                               "min": 0, "max": 100, "steps": 64, "exponent": 0.5},
                     "rowsFrame": {"layout": "auto"}, "legend": {"show": True},
                     "tooltip": {"show": True, "yHistogram": False}}})
-
-
-def text(title: str, markdown: str) -> g.Text:
-    return g.Text(title=title, content=markdown, mode=g.TEXT_MODE_MARKDOWN)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,14 @@ STDDEV = 'node:DCGM_FI_DEV_GPU_UTIL:stddev{instance=~"$node"}'
 FULLEST = 'node:DCGM_FI_DEV_FB_USED:ratio_max{instance=~"$node"}'
 MEMORY = 'gpu:DCGM_FI_DEV_FB_USED:ratio{instance=~"$node"}'
 
+
+
+def top(expr: str) -> str:
+    """`expr` for the $topn busiest GPUs only, one row per node and GPU."""
+    return c.keyed(f"{expr}\n  and on (instance, gpu) topk($topn, {GPU})",
+                   "instance", "gpu", "modelName")
+
+
 overview = c.Row("Fleet at a glance", [
     c.Cell(c.stat("GPUs reporting", "GPUs with a utilisation sample in the last scrape.",
                   [c.target(f"count({GPU})")], unit=c.SHORT,
@@ -40,9 +48,14 @@ overview = c.Row("Fleet at a glance", [
                   [c.target('sum(1 - kvscope_gpu_up{instance=~"$node"})')], unit=c.SHORT,
                   thresholds=c.ZERO_GOOD_STEPS), width=4, height=4),
     c.Cell(c.stat("Nodes with GPU imbalance",
-                  "Nodes whose busiest and idlest GPU differ by more than 40 points "
-                  "(GPUUtilizationImbalance).",
-                  [c.target(f"sum({SPREAD} > bool {c.limit('gpu_util_spread_points'):g})")],
+                  f"Nodes whose busiest and idlest GPU differ by more than "
+                  f"{c.limit('gpu_util_spread_points'):g} points while the busiest is at least "
+                  f"{c.limit('gpu_imbalance_min_busy_percent'):g}% busy: GPUUtilizationImbalance's "
+                  "condition, before its `for`.",
+                  [c.target(f"sum(\n  ({SPREAD} > bool {c.limit('gpu_util_spread_points'):g})\n"
+                            "  * on (instance, Hostname)\n"
+                            '  (node:DCGM_FI_DEV_GPU_UTIL:max{instance=~"$node"} >= bool '
+                            f"{c.limit('gpu_imbalance_min_busy_percent'):g})\n)")],
                   unit=c.SHORT, thresholds=c.ZERO_GOOD_STEPS), width=4, height=4),
 ])
 
@@ -70,17 +83,12 @@ utilisation = c.Row("Utilisation", [
     c.Cell(c.table("Top GPUs by utilisation",
                    "The $topn busiest GPUs with their temperature, power and memory; click a "
                    "row to open its node.",
-                   [c.target(f"topk($topn, {GPU})", table=True, ref="util"),
-                    c.target('DCGM_FI_DEV_GPU_TEMP{instance=~"$node"}\n'
-                             f"and on (instance, gpu) topk($topn, {GPU})", table=True,
+                   [c.target(top(GPU), table=True, ref="util"),
+                    c.target(top('DCGM_FI_DEV_GPU_TEMP{instance=~"$node"}'), table=True,
                              ref="temp"),
-                    c.target('DCGM_FI_DEV_POWER_USAGE{instance=~"$node"}\n'
-                             f"and on (instance, gpu) topk($topn, {GPU})", table=True,
+                    c.target(top('DCGM_FI_DEV_POWER_USAGE{instance=~"$node"}'), table=True,
                              ref="power"),
-                    c.target(f"{MEMORY}\nand on (instance, gpu) topk($topn, {GPU})", table=True,
-                             ref="memory")],
-                   hide=("UUID", "DCGM_FI_DRIVER_VERSION", "pci_bus_id", "device", "Hostname",
-                         "container"),
+                    c.target(top(MEMORY), table=True, ref="memory")],
                    rename={"Value #util": "utilisation %", "Value #temp": "temperature C",
                            "Value #power": "power W", "Value #memory": "memory used / total"},
                    links=ROW_TO_NODE), width=24, height=9),

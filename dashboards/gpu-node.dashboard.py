@@ -14,6 +14,12 @@ TO_PD = c.data_links(("PD group ${__data.fields.pd_group}",
 TO_NVLINK = c.data_links(("NVLink and topology of ${node}",
                           c.dashboard_url(c.UID_NVLINK, node="${node}")))
 
+
+
+def per_gpu(expr: str) -> str:
+    return c.keyed(expr, "gpu", "pci_bus_id")
+
+
 side_by_side = c.Row("GPUs side by side", [
     c.Cell(c.bar_gauge("Utilisation per GPU",
                        "DCGM_FI_DEV_GPU_UTIL, one bar per GPU: one bar far above the others is "
@@ -29,15 +35,16 @@ side_by_side = c.Row("GPUs side by side", [
     c.Cell(c.table("Busy or merely resident",
                    "GPU_UTIL beside the GPM profiling ratios: a GPU at 100% GPU_UTIL with low "
                    "SM active is waiting (on memory, the host or a peer), not computing.",
-                   [c.target(f"DCGM_FI_DEV_GPU_UTIL{{{SEL}}} / 100", table=True, ref="util"),
-                    c.target(f"DCGM_FI_PROF_SM_ACTIVE{{{SEL}}}", table=True, ref="sm"),
-                    c.target(f"DCGM_FI_PROF_SM_OCCUPANCY{{{SEL}}}", table=True, ref="occupancy"),
-                    c.target(f"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{{{SEL}}}", table=True,
+                   [c.target(per_gpu(f"DCGM_FI_DEV_GPU_UTIL{{{SEL}}} / 100"), table=True,
+                             ref="util"),
+                    c.target(per_gpu(f"DCGM_FI_PROF_SM_ACTIVE{{{SEL}}}"), table=True, ref="sm"),
+                    c.target(per_gpu(f"DCGM_FI_PROF_SM_OCCUPANCY{{{SEL}}}"), table=True,
+                             ref="occupancy"),
+                    c.target(per_gpu(f"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{{{SEL}}}"), table=True,
                              ref="tensor"),
-                    c.target(f"DCGM_FI_PROF_DRAM_ACTIVE{{{SEL}}}", table=True, ref="dram")],
+                    c.target(per_gpu(f"DCGM_FI_PROF_DRAM_ACTIVE{{{SEL}}}"), table=True,
+                             ref="dram")],
                    unit=c.RATIO, thresholds=c.steps((c.NEUTRAL, None)), cell_colour=False,
-                   hide=("UUID", "DCGM_FI_DRIVER_VERSION", "pci_bus_id", "device", "Hostname",
-                         "container", "instance", "modelName", "namespace"),
                    rename={"Value #util": "GPU_UTIL", "Value #sm": "SM active",
                            "Value #occupancy": "SM occupancy",
                            "Value #tensor": "tensor active", "Value #dram": "DRAM active"}),
@@ -81,8 +88,8 @@ clocks = c.Row("Clocks, power and temperature", [
     c.Cell(c.timeseries("SM clock",
                         "SM clock per GPU; a GPU clocked below its peers under the same load "
                         "is being held down (see the reasons beside).",
-                        [c.target(f"DCGM_FI_DEV_SM_CLOCK{{{SEL}}}", "GPU {{gpu}}")],
-                        unit=c.MHZ), width=8),
+                        [c.target(f"DCGM_FI_DEV_SM_CLOCK{{{SEL}}} * 1e6", "GPU {{gpu}}")],
+                        unit=c.HERTZ), width=8),
     c.Cell(c.timeseries("Clock event reasons",
                         "GPUs held down by each reason (power cap, thermal, HW slowdown, ...); "
                         "idle is normal on an idle GPU.",
@@ -118,14 +125,14 @@ pcie = c.Row("PCIe", [
     c.Cell(c.table("PCIe link: current against maximum",
                    "A GPU trained below its maximum generation or width has a degraded link "
                    "(GPUPCIeLinkDegraded): reseat, or check the riser and the BIOS.",
-                   [c.target(f"DCGM_FI_DEV_PCIE_LINK_GEN{{{SEL}}}", table=True, ref="gen"),
-                    c.target(f"DCGM_FI_DEV_PCIE_MAX_LINK_GEN{{{SEL}}}", table=True,
+                   [c.target(per_gpu(f"DCGM_FI_DEV_PCIE_LINK_GEN{{{SEL}}}"), table=True,
+                             ref="gen"),
+                    c.target(per_gpu(f"DCGM_FI_DEV_PCIE_MAX_LINK_GEN{{{SEL}}}"), table=True,
                              ref="maxgen"),
-                    c.target(f"DCGM_FI_DEV_PCIE_LINK_WIDTH{{{SEL}}}", table=True, ref="width"),
-                    c.target(f"DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH{{{SEL}}}", table=True,
+                    c.target(per_gpu(f"DCGM_FI_DEV_PCIE_LINK_WIDTH{{{SEL}}}"), table=True,
+                             ref="width"),
+                    c.target(per_gpu(f"DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH{{{SEL}}}"), table=True,
                              ref="maxwidth")],
-                   hide=("UUID", "DCGM_FI_DRIVER_VERSION", "device", "Hostname", "container",
-                         "instance", "modelName", "namespace", "pod"),
                    rename={"Value #gen": "gen", "Value #maxgen": "max gen",
                            "Value #width": "width", "Value #maxwidth": "max width"}),
            width=8),

@@ -66,10 +66,11 @@ health = c.Row("Link health", [
         scenario="nvlink-degraded", when=f"a link is down and {PER_LINK}"), width=8),
     c.Cell(c.table("NVLink generation and peers",
                    "NVLink version and what sits on the other end (GPU or NVSwitch).",
-                   [c.target(f"kvscope_nvlink_link_info{{{SEL}}}", table=True),
-                    c.target(f"kvscope_nvlink_links{{{SEL}}}", table=True, ref="links")],
-                   hide=("Value #A", "UUID", "Hostname"),
-                   rename={"Value #links": "links"}), width=24, height=7),
+                   [c.target(c.keyed(f"kvscope_nvlink_link_info{{{SEL}}}\n"
+                                     "  * on (instance, gpu) group_left ()\n"
+                                     f"  kvscope_nvlink_links{{{SEL}}}",
+                                     "gpu", "version", "remote_type"), table=True)],
+                   rename={"Value": "links"}), width=24, height=7),
 ])
 
 topology = c.Row("Topology", [
@@ -101,11 +102,11 @@ pd_paths = c.Row("PD pairs", [
                    "their GPUs, and whether their containers can use it for CUDA IPC (0 with "
                    "the reason: e.g. no shared IPC namespace, so the KV cache goes over TCP "
                    "while NVLink stays idle). Click a row to open the PD group.",
-                   [c.target(f"kvscope_pd_pair_path_info{{{c.ON_NODE}}}", table=True,
-                             ref="path"),
-                    c.target(f"kvscope_pd_pair_ipc_possible{{{c.ON_NODE}}}", table=True,
-                             ref="ipc")],
-                   hide=("Value #path",), rename={"Value #ipc": "IPC possible"},
+                   [c.target(f"kvscope_pd_pair_ipc_possible{{{c.ON_NODE}}}\n"
+                             "* on (instance, namespace, pd_group, prefill_pod, decode_pod)\n"
+                             "  group_left (path, prefill_gpus, decode_gpus)\n"
+                             f"  kvscope_pd_pair_path_info{{{c.ON_NODE}}}", table=True)],
+                   rename={"Value": "IPC possible"},
                    mappings=[{"type": "value", "options": {
                        "0": {"text": "no", "color": c.BAD, "index": 0},
                        "1": {"text": "yes", "color": c.GOOD, "index": 1}}}],

@@ -51,6 +51,24 @@ overview = c.Row("PD group at a glance", [
                             f"/ ((sum({GENERATED}) + sum({PROMPT})) * 3600 / 1e6)")],
                   unit=c.USD, thresholds=c.steps((c.NEUTRAL, None)), decimals=3),
            width=5, height=4),
+    # Group-level figures from the recording rules (alerts/rules/recording.yaml).
+    c.Cell(c.stat("Prefix-cache hit ratio (group)",
+                  "Hit tokens over queried tokens of the whole group, over 5 minutes.",
+                  [c.target('sum(pd_group:kvscope_engine_prefix_cache_hit:ratio'
+                            '{pd_group=~"$pd_group"})')],
+                  unit=c.RATIO, thresholds=c.HIT_RATIO_STEPS), width=8, height=4),
+    c.Cell(c.stat("KV transfer (group)",
+                  "KV-cache bytes the group moved per second, over 5 minutes.",
+                  [c.target('sum(pd_group:kvscope_engine_kv_transfer_bytes:rate'
+                            '{pd_group=~"$pd_group"})')],
+                  unit=c.BYTES_PER_SECOND, thresholds=c.steps((c.NEUTRAL, None))),
+           width=8, height=4),
+    c.Cell(c.stat("Worst TTFT p99",
+                  "The highest p99 time to first token among the group's engines, over 5 "
+                  "minutes (EngineTTFTHigh).",
+                  [c.target("max(\n  " + c.in_pd_group(
+                      "engine:kvscope_engine_time_to_first_token_seconds:p99") + "\n)")],
+                  unit=c.SECONDS, thresholds=c.TTFT_STEPS), width=8, height=4),
 ])
 
 queues = c.Row("Queues", [
@@ -80,13 +98,14 @@ cache = c.Row("KV cache", [
                         show_thresholds=True, overrides=c.role_overrides()), width=12),
     c.Cell(c.timeseries("Prefix-cache hit ratio",
                         "Hit tokens over queried tokens (the counter pair, so it is right over "
-                        "any window); below 0.4 warns, below 0.2 pages "
-                        "(EnginePrefixCacheHitRateLow).",
+                        "any window), per role and cache (the engine's own, LMCache's); the "
+                        "lines are EnginePrefixCacheHitRateLow's.",
                         [c.target(by_role("rate(kvscope_engine_prefix_cache_hit_tokens_total"
-                                          "[$__rate_interval])")
+                                          "[$__rate_interval])", "engine")
                                   + "\n/\n"
                                   + by_role("rate(kvscope_engine_prefix_cache_query_tokens_total"
-                                            "[$__rate_interval])"), "{{role}}")],
+                                            "[$__rate_interval])", "engine"),
+                                  "{{role}} {{engine}}")],
                         unit=c.RATIO, minimum=0, maximum=1, thresholds=c.HIT_RATIO_STEPS,
                         show_thresholds=True, overrides=c.role_overrides()), width=12),
 ])

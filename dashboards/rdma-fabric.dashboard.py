@@ -29,17 +29,30 @@ TRANSPORT_ERRORS = ("out_of_sequence|packet_seq_err|local_ack_timeout_err|rnr_na
                     "req_cqe_error|resp_cqe_error|req_remote_access_errors|out_of_buffer|"
                     "implied_nak_seq_err|duplicate_request")
 
+
+
+def with_port_info(metric: str) -> str:
+    """A per-port gauge with the port's attributes, one row per port in merged tables."""
+    return c.keyed(f"{metric}{{{SEL}}}\n"
+                   "  * on (instance, device, port) group_left (link_layer, width, speed)\n"
+                   f"  kvscope_rdma_port_info{{{SEL}}}",
+                   "instance", "device", "port", "link_layer", "width", "speed")
+
+
+def per_device(metric: str) -> str:
+    return c.keyed(f"{metric}{{{SEL}}}", "instance", "device")
+
+
 ports = c.Row("Ports", [
     c.Cell(c.table("Port state",
                    "Logical state, physical state and attributes of every port: anything but "
                    "ACTIVE / LinkUp fires RDMAPortDown.",
-                   [c.target(f"kvscope_rdma_port_state{{{SEL}}}", table=True, ref="state"),
-                    c.target(f"kvscope_rdma_port_physical_state{{{SEL}}}", table=True,
+                   [c.target(with_port_info("kvscope_rdma_port_state"), table=True,
+                             ref="state"),
+                    c.target(with_port_info("kvscope_rdma_port_physical_state"), table=True,
                              ref="phys"),
-                    c.target(f"kvscope_rdma_port_rate_bytes_per_second{{{SEL}}}", table=True,
-                             ref="rate"),
-                    c.target(f"kvscope_rdma_port_info{{{SEL}}}", table=True, ref="info")],
-                   hide=("Value #info",),
+                    c.target(with_port_info("kvscope_rdma_port_rate_bytes_per_second"),
+                             table=True, ref="rate")],
                    rename={"Value #state": "state", "Value #phys": "physical state",
                            "Value #rate": "rate (bytes/s)"},
                    mappings=PORT_STATE), width=24, height=7),
@@ -128,13 +141,20 @@ queue_pairs = c.Row("Queue pairs", [
                           "before the engine starts (RDMAQPProfileUnsupported).",
                           f"kvscope_rdma_qp_profile_fits{{{SEL}}}",
                           rows="device", columns="profile", value="Value"), width=12),
+    c.Cell(c.matrix_table("QP probe results",
+                          "The opt-in create-QP probe: 1 when ibv_create_qp with the profile's "
+                          "caps succeeded on the device, 0 when it failed (the reason label "
+                          "names the errno).",
+                          f"kvscope_rdma_qp_probe_success{{{SEL}}}",
+                          rows="device", columns="profile", value="Value"), width=12),
     c.Cell(c.table("Device limits",
                    "The limits the profiles are checked against (ibv_query_device).",
-                   [c.target(f"kvscope_rdma_device_max_qp{{{SEL}}}", table=True, ref="qp"),
-                    c.target(f"kvscope_rdma_device_max_sge{{{SEL}}}", table=True, ref="sge"),
-                    c.target(f"kvscope_rdma_device_max_qp_wr{{{SEL}}}", table=True, ref="wr")],
+                   [c.target(per_device("kvscope_rdma_device_max_qp"), table=True, ref="qp"),
+                    c.target(per_device("kvscope_rdma_device_max_sge"), table=True, ref="sge"),
+                    c.target(per_device("kvscope_rdma_device_max_qp_wr"), table=True,
+                             ref="wr")],
                    rename={"Value #qp": "max_qp", "Value #sge": "max_sge",
-                           "Value #wr": "max_qp_wr"}), width=12),
+                           "Value #wr": "max_qp_wr"}), width=24, height=6),
     c.Cell(INCIDENT_ONLY.mark(
         c.timeseries("QP create failures",
                      "Queue-pair creations that failed: from the eRDMA driver's own counter, "

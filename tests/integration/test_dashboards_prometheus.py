@@ -1,10 +1,12 @@
 """Every panel of every dashboard returns data from a real Prometheus scraping `kvscope demo`.
 
 One Prometheus (Debian's package) per simulator scenario, scraping one `kvscope demo` every
-second and evaluating the recording and alert rules of alerts/rules/ every second (the committed
-files, unchanged). Template variables are resolved the way Grafana resolves them (the label
-values API with the variable's own selector) and substituted into every target; Grafana's
-built-ins get values that fit a one-second scrape. Then:
+second and evaluating the recording and alert rules of alerts/rules/ every second (a temporary
+copy of the committed files, with every alert's `for` cut to 1s so that a firing alert reaches
+the annotations within the test; recording rules are unchanged). Template variables are
+resolved the way Grafana resolves them (the label values API with the variable's own selector)
+and substituted into every target; Grafana's built-ins get values that fit a one-second scrape.
+Then:
 
 - on the healthy node every target of every panel parses and returns data, except the panels a
   dashboard lists in INCIDENT_ONLY, which must parse and return nothing;
@@ -17,6 +19,7 @@ The scrape job keeps the agent's labels (`honor_labels: true`, as the README ask
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from agent import REPO, Agent, free_port
 pytestmark = pytest.mark.integration
 
 NODE = "e2e-node"          # tests/agent.py's NODE_NAME; the scrape sets instance to it
-DEADLINE_S = 60            # from start-up, for every scenario's data to appear
+DEADLINE_S = 90            # from start-up, for every scenario's data to appear (a busy machine)
 RULES = sorted((REPO / "alerts" / "rules").glob("*.yaml"))
 
 
@@ -69,10 +72,26 @@ SCENARIOS = {s.id: s for s in (
     Scenario("qp-failure"),
     Scenario("erdma-throttle"),
     Scenario("nvml-hang"),
+    # Not incidents that empty panels fill, but the ones the dashboards must show at a glance.
+    Scenario("gpu0-hotspot"),
+    Scenario("oom-risk"),
+    Scenario("kv-cache-full"),
+    Scenario("queue-backlog"),
+    Scenario("nvlink-bypass"),
     # At 0 the engine is gone before the agent's first scrape; a later fault leaves the agent's
     # keep-alive connection served by the simulated engine after it stops listening.
     Scenario("engine-down", fault_delay=0),
 )}
+
+
+def quick_alerts(rule_file: Path) -> str:
+    """The rule file with every alert's `for` cut to 1s."""
+    rules = yaml.safe_load(rule_file.read_text(encoding="utf-8"))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule and "for" in rule:
+                rule["for"] = "1s"
+    return yaml.safe_dump(rules, sort_keys=False)
 
 
 class Prometheus:
@@ -86,7 +105,7 @@ class Prometheus:
         rules_dir = workdir / "rules"
         rules_dir.mkdir()
         for rule_file in RULES:
-            shutil.copy(rule_file, rules_dir / rule_file.name)
+            (rules_dir / rule_file.name).write_text(quick_alerts(rule_file), encoding="utf-8")
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                        "evaluation_interval": "1s"},
@@ -370,3 +389,126 @@ def test_recording_and_alert_rules_load_and_evaluate(stacks: dict[str, Stack]) -
     for dashboard in dh.generated().values():
         for annotation in dashboard["annotations"]["list"]:
             healthy.prometheus.query(annotation["expr"])   # raises QueryError on a parse error
+
+
+def test_alert_annotations_show_a_firing_alert(stacks: dict[str, Stack]) -> None:
+    """Under xid-79 GPUXidError fires (after its shortened `for`); the GPU dashboards'
+    annotation query shows it."""
+    if not RULES:
+        pytest.skip("alerts/rules/*.yaml not present")
+    stack = stacks["xid-79"]
+    dashboards = dh.generated()
+    for slug in ("gpu-fleet", "gpu-node"):
+        (annotation,) = dashboards[slug]["annotations"]["list"]
+        while not (firing := stack.prometheus.query(annotation["expr"])):
+            assert time.monotonic() - stack.started < DEADLINE_S, f"{slug}: no alert annotation"
+            time.sleep(1)
+        assert {sample["metric"]["alertname"] for sample in firing} >= {"GPUXidError"}
+
+
+_LINK_LABEL = re.compile(r"\$\{__(?:field\.labels|data\.fields)\.(\w+)\}")
+
+
+def test_drill_down_links_find_their_labels(stacks: dict[str, Stack]) -> None:
+    """A link that passes ${__field.labels.X} or ${__data.fields.X} on needs X in the panel's
+    data: every such panel's series carry the label, and its table does not hide it."""
+    healthy = stacks["healthy"]
+    listed = dh.incident_only()
+    checked = 0
+    for dashboard in dh.generated().values():
+        values = variables_when_ready(healthy, dashboard["uid"])
+        for panel in dh.panels(dashboard):
+            links = panel["fieldConfig"]["defaults"].get("links", [])
+            labels = {name for link in links for name in _LINK_LABEL.findall(link["url"])}
+            if not labels or panel["title"] in listed.get(dashboard["uid"], {}):
+                continue
+            hidden = {name for step in panel.get("transformations", [])
+                      for name in step["options"].get("excludeByName", {})}
+            assert not labels & hidden, f"{panel['title']}: link label hidden"
+            for target in panel["targets"]:
+                series = healthy.prometheus.query(dh.substitute(target["expr"], values))
+                assert series, f"{panel['title']} / {target['refId']}: no data"
+                missing = {name for sample in series for name in labels
+                           if name not in sample["metric"]}
+                assert not missing, f"{panel['title']} / {target['refId']}: no {missing}"
+            checked += 1
+    assert checked >= 8
+
+
+def test_matrix_tables_find_their_fields(stacks: dict[str, Stack]) -> None:
+    """Grouping to a matrix needs its row, column and value labels in every series."""
+    healthy = stacks["healthy"]
+    matrices = 0
+    for dashboard in dh.generated().values():
+        values = variables_when_ready(healthy, dashboard["uid"])
+        for panel in dh.panels(dashboard):
+            for step in panel.get("transformations", []):
+                if step["id"] != "groupingToMatrix":
+                    continue
+                options = step["options"]
+                fields = {options["rowField"], options["columnField"], options["valueField"]}
+                fields.discard("Value")
+                (target,) = panel["targets"]
+                series = healthy.prometheus.query(dh.substitute(target["expr"], values))
+                assert series, panel["title"]
+                for sample in series:
+                    assert fields <= set(sample["metric"]), (panel["title"], sample["metric"])
+                matrices += 1
+    assert matrices >= 4
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the on-call must read on a panel under a scenario, and the check of its values."""
+
+    scenario: str
+    slug: str
+    panel: str
+    meaning: str
+    holds: Callable[[list[float]], bool]
+
+
+ANSWERS = [
+    Answer("healthy", "gpu-fleet", "Nodes with GPU imbalance", "0 on the balanced node",
+           lambda values: values == [0.0]),
+    Answer("gpu0-hotspot", "gpu-fleet", "Nodes with GPU imbalance",
+           "1: GPU 0 at 98%, GPU 7 at 48%", lambda values: values == [1.0]),
+    Answer("gpu0-hotspot", "gpu-fleet", "Imbalance per node (max - min)", "a 40-60 point spread",
+           lambda values: len(values) == 1 and 40 < values[0] <= 60),
+    Answer("gpu0-hotspot", "gpu-node", "Utilisation per GPU", "GPU 0 is the busiest GPU",
+           lambda values: len(values) == 8 and values[0] == max(values)),
+    Answer("oom-risk", "gpu-fleet", "Fullest GPU per node (memory used / total)",
+           "above the critical line", lambda values: len(values) == 1 and values[0] > 0.95),
+    Answer("oom-risk", "gpu-node", "Memory used / total per GPU",
+           "one GPU near full, its peers below",
+           lambda values: len(values) == 8 and sum(v > 0.95 for v in values) == 1),
+    Answer("healthy", "nvlink-topology", "PD pairs: path and IPC verdict", "IPC possible",
+           lambda values: values == [1.0]),
+    Answer("nvlink-bypass", "nvlink-topology", "PD pairs: path and IPC verdict",
+           "IPC impossible: the KV cache cannot use NVLink", lambda values: values == [0.0]),
+    Answer("kv-cache-full", "pd-serving", "KV cache usage", "an engine past the critical line",
+           lambda values: bool(values) and max(values) > 0.98),
+    Answer("healthy", "pd-serving", "KV cache usage", "every engine below the warning line",
+           lambda values: bool(values) and max(values) < 0.9),
+    Answer("queue-backlog", "pd-serving", "Requests waiting and running",
+           "hundreds of requests waiting", lambda values: bool(values) and max(values) >= 300),
+]
+
+
+@pytest.mark.parametrize("answer", ANSWERS, ids=[f"{a.scenario}: {a.panel}" for a in ANSWERS])
+def test_panels_answer_the_on_call(stacks: dict[str, Stack], answer: Answer) -> None:
+    """The panel's values say what the scenario is about (ordered by GPU where per GPU)."""
+    stack = stacks[answer.scenario]
+    dashboard = dh.generated()[answer.slug]
+    (panel,) = [p for p in dh.panels(dashboard) if p["title"] == answer.panel]
+    expr = dh.substitute(panel["targets"][0]["expr"],
+                         variables_when_ready(stack, dashboard["uid"]))
+    while True:
+        series = stack.prometheus.query(expr)
+        values = [float(s["value"][1]) for s in
+                  sorted(series, key=lambda s: int(s["metric"].get("gpu", "0")))]
+        if answer.holds(values) or time.monotonic() - stack.started > DEADLINE_S:
+            break
+        time.sleep(1)
+    assert answer.holds(values), (f"{answer.scenario} / {answer.panel}: expected "
+                                  f"{answer.meaning}, got {values}")

@@ -133,3 +133,17 @@ def test_gpu_panels_use_dcgm_names() -> None:
     for name in ("DCGM_FI_PROF_SM_ACTIVE", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
                  "DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_PROF_PCIE_TX_BYTES"):
         assert name in node
+
+
+def test_readme_lists_the_dashboards_and_every_incident_only_panel() -> None:
+    readme = (build.HERE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Dashboards\n", 1)[1].split("\n## ", 1)[0]
+    for dashboard in DASHBOARDS.values():
+        assert f"(`{dashboard['uid']}`)" in section
+    rows = {tuple(cell.strip(" `") for cell in line.strip("|").split("|"))
+            for line in section.splitlines() if line.startswith("| ")}
+    listed = {(title, scenario) for row in rows if len(row) == 4 for title, scenario in
+              [(row[1], row[3])]}
+    for scenarios in dh.incident_only().values():
+        for title, scenario in scenarios.items():
+            assert (title, scenario) in listed, f"README lacks incident-only panel {title!r}"
