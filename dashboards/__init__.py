@@ -1,0 +1,1 @@
+"""kvscope's Grafana dashboards as grafanalib code (see README, "Dashboards")."""
