@@ -18,7 +18,7 @@
 # Storage driver and isolation default to vfs and chroot, which work inside containers and on CI
 # machines without overlayfs or user namespaces; override with
 # BUILDAH_STORAGE_DRIVER and BUILDAH_ISOLATION. Push afterwards with `buildah push NAME:TAG
-# docker://REGISTRY/NAME:TAG` (README, "Deploy").
+# docker://<registry>/<name>:<tag>` (README, "Deploy").
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
