@@ -361,8 +361,9 @@ def test_incident_only_panels_are_empty_on_the_healthy_node(stacks: dict[str, St
     for queries in incident_queries().values():
         for q in queries:
             expr = dh.substitute(q.expr, variables_when_ready(healthy, q.dashboard))
-            if healthy.prometheus.query(expr):      # raises QueryError on a parse error
-                shown.append(f"{q.dashboard} / {q.panel} / {q.ref}")
+            if series := healthy.prometheus.query(expr):   # raises QueryError on a parse error
+                shown.append(f"{q.dashboard} / {q.panel} / {q.ref}: "
+                             f"{[sample['metric'] for sample in series][:3]}")
     assert not shown, "incident-only panels with data on the healthy node:\n" + "\n".join(shown)
 
 
