@@ -398,7 +398,7 @@ async def test_every_incident_pages_through_alertmanager(
 
         started = time.monotonic()
         while missing_pages(hook, instances) and time.monotonic() - started < DEADLINE:
-            await hook.wait(DEADLINE - (time.monotonic() - started))
+            await hook.wait(2.0)
         print(f"agents listening after {listening - launched:.1f} s; every page in "
               f"{time.monotonic() - started:.1f} s after Prometheus started")
         assert not missing_pages(hook, instances), (
