@@ -78,9 +78,7 @@ SCENARIOS = {s.id: s for s in (
     Scenario("kv-cache-full"),
     Scenario("queue-backlog"),
     Scenario("nvlink-bypass"),
-    # At 0 the engine is gone before the agent's first scrape; a later fault leaves the agent's
-    # keep-alive connection served by the simulated engine after it stops listening.
-    Scenario("engine-down", fault_delay=0),
+    Scenario("engine-down"),
 )}
 
 
