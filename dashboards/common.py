@@ -340,23 +340,32 @@ def matrix_table(title: str, description: str, expr: str, *, rows: str, columns:
     ])
 
 
+class HeatmapPanel(g.Panel):  # type: ignore[misc]
+    """A heatmap in Grafana's current shape. grafanalib's Heatmap writes the legacy (Angular)
+    keys (`heatmap`, `dataFormat`, `color`), which send Grafana through its heatmap migration
+    and override `options` on load."""
+
+    def to_json_data(self) -> dict[str, Any]:
+        return dict(self.panel_json({"type": g.HEATMAP_TYPE}))
+
+
 def heatmap(title: str, description: str, targets: Sequence[g.Target], *, unit: str,
-            links: list[dict[str, Any]] | None = None) -> g.Heatmap:
+            maximum: float, links: list[dict[str, Any]] | None = None) -> g.Panel:
     """One heatmap row per series (node/GPU), coloured by value: hot spots stand out."""
-    panel = g.Heatmap(title=title, description=description, dataSource=DATASOURCE,
-                      targets=_with_ref_ids(targets), dataFormat="tsbuckets",
-                      hideZeroBuckets=False, legend={"show": False},
-                      yAxis=g.YAxis(format=SHORT))
     defaults: dict[str, Any] = {"unit": unit}
     if links:
         defaults["links"] = links
-    return attr.evolve(panel, extraJson={
-        "fieldConfig": {"defaults": defaults},
-        "options": {"calculate": False, "yAxis": {"axisPlacement": "left"},
-                    "cellValues": {"unit": unit},
+    return HeatmapPanel(title=title, description=description, dataSource=DATASOURCE,
+                        targets=_with_ref_ids(targets), extraJson={
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        # Series are the rows as they are (calculate: false): one row per legend.
+        "options": {"calculate": False, "yAxis": {"axisPlacement": "left", "unit": SHORT},
+                    "cellValues": {"unit": unit}, "cellGap": 1,
                     "color": {"mode": "scheme", "scheme": "Turbo", "fill": "dark-orange",
-                              "min": 0, "max": 100, "steps": 64, "exponent": 0.5},
+                              "scale": "linear", "min": 0, "max": maximum, "steps": 64,
+                              "exponent": 0.5, "reverse": False},
                     "rowsFrame": {"layout": "auto"}, "legend": {"show": True},
+                    "showValue": "never",
                     "tooltip": {"show": True, "yHistogram": False}}})
 
 

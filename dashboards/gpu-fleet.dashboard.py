@@ -65,7 +65,7 @@ utilisation = c.Row("Utilisation", [
                      "glows while its peers are dark has the GPU 0 syndrome. Click a row to "
                      "open the node.",
                      [c.target(GPU, "{{instance}} GPU {{gpu}}")], unit=c.PERCENT,
-                     links=TO_NODE), width=24, height=10),
+                     maximum=100, links=TO_NODE), width=24, height=10),
     c.Cell(c.timeseries("Imbalance per node (max - min)",
                         "Spread between the busiest and the idlest GPU of each node, in "
                         f"points. Above {c.limit('gpu_util_spread_points'):g} fires "

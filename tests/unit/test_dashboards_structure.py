@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 
@@ -30,7 +29,7 @@ def test_committed_json_is_fresh() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_check_reports_a_stale_a_missing_and_an_orphan_file(tmp_path: Any) -> None:
+def test_check_reports_a_stale_a_missing_and_an_orphan_file() -> None:
     rendered = {build.GENERATED / "gpu-fleet.json": "{}\n",
                 build.GENERATED / "not-there.json": "{}\n"}
     problems = build.stale(rendered)

@@ -350,12 +350,16 @@ class FakeNvml:
 
     @_nvml_call
     def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: SimHandle, link: int) -> int:
-        self._check_link(h, link)
-        return 2  # NVML_NVLINK_DEVICE_TYPE_SWITCH: every simulated fabric is switched
+        topo = self._check_link(h, link)
+        # NVML_NVLINK_DEVICE_TYPE_GPU (0) across a bridge, else _SWITCH (2)
+        return 0 if h.gpu.index in topo.bridges else 2
 
     @_nvml_call
     def nvmlDeviceGetNvLinkRemotePciInfo(self, h: SimHandle, link: int) -> SimpleNamespace:
         topo = self._check_link(h, link)
+        peer = topo.bridges.get(h.gpu.index)
+        if peer is not None:  # a bridge ends at the peer GPU itself
+            return SimpleNamespace(busId=self.node.gpus[peer].pci_bus_id.encode())
         # NVSwitch chips show up as PCI functions on the baseboard's own buses.
         return SimpleNamespace(busId=f"00000000:{0x05 + topo.switch_of(link):02X}:00.0".encode())
 

@@ -87,6 +87,9 @@ class SimTopology:
     base_bytes: float = 1.1e12  # bytes already counted when the simulation starts
     # One-off copies (src, dst) -> bytes, added on top of the flows (scripts' dry runs, tests).
     transfers: dict[tuple[int, int], float] = field(default_factory=dict)
+    # NVLink bridges instead of NVSwitches: GPU index -> the one peer all its links go to
+    # (PCIe cards such as H100 NVL bridged in pairs). Empty: a switched fabric.
+    bridges: dict[int, int] = field(default_factory=dict)
 
     def add_transfer(self, src: int, dst: int, nbytes: float) -> None:
         """A finished copy of `nbytes` from GPU `src` to GPU `dst` over NVLink."""
@@ -187,8 +190,17 @@ def h200x2(node: SimNode) -> SimTopology:
     return SimTopology("h200x2-nv18", links_per_gpu=18, switch_links=(5, 4, 4, 5), slots=slots)
 
 
+def nvl_bridged_pairs(node: SimNode) -> SimTopology:
+    """PCIe cards joined in pairs by NVLink bridges (H100 NVL: NV12 between 0-1, 2-3, ...);
+    every other pair of GPUs talks through PCIe."""
+    bridges = {i: i ^ 1 for i in range(len(node.gpus) - len(node.gpus) % 2)}
+    return SimTopology("nvl-bridged-pairs", links_per_gpu=12, switch_links=(12,),
+                       slots=_hgx_slots(len(node.gpus)), nics=_hgx_nics(_buses(node)),
+                       bridges=bridges)
+
+
 TOPOLOGIES = {"nv18-mesh-8": nv18_mesh_8, "nvswitch": nvswitch_a100, "pcie-only": pcie_only,
-              "h200x2-nv18": h200x2}
+              "h200x2-nv18": h200x2, "nvl-bridged-pairs": nvl_bridged_pairs}
 
 
 def kv_flows(prefill: Sequence[int], decode: Sequence[int],
