@@ -77,9 +77,16 @@ class Phase:
 
 def phases(half_periods: list[float]) -> list[Phase]:
     """Saturated, then one half-duty phase per period (a longer period lets GPU_UTIL's short
-    sample window land wholly inside a busy or an idle half, so it swings)."""
+    sample window land wholly inside a busy or an idle half, so it swings).
+
+    A period must divide the agent's GPM window (the fast cadence) a whole number of times:
+    otherwise each window holds a different share of busy time (a 4 s period in 5 s windows
+    gives 0.375-0.625 per window) and the windows' values no longer measure a 0.5 load."""
     out = [Phase("saturated", 1.0, 1.0, "SM_ACTIVE >= 0.9")]
     for period in half_periods:
+        if period <= 0 or abs(FAST_SECONDS / period - round(FAST_SECONDS / period)) > 1e-9:
+            raise SystemExit(f"--half-periods: {period:g} s does not divide the "
+                             f"{FAST_SECONDS:g} s GPM window a whole number of times")
         out.append(Phase(f"half duty ({period / 2:g} s busy / {period / 2:g} s idle)", 0.5, period,
                          "abs(SM_ACTIVE - 0.5) <= 0.1"))
     return out
@@ -92,9 +99,10 @@ class Samples:
     def add(self, name: str, value: float) -> None:
         self.values.setdefault(name, []).append(value)
 
-    def median(self, name: str) -> float | None:
+    def mean(self, name: str) -> float | None:
+        """The phase's average: windows are of equal length, so their mean is the time average."""
         got = self.values.get(name)
-        return statistics.median(got) if got else None
+        return statistics.fmean(got) if got else None
 
     def span(self, name: str) -> str:
         got = self.values.get(name)
@@ -162,21 +170,21 @@ def report(rows: list[tuple[Phase, Samples]]) -> tuple[str, bool]:
              "criterion | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     ok = True
     for phase, samples in rows:
-        sm = samples.median("DCGM_FI_PROF_SM_ACTIVE")
+        sm = samples.mean("DCGM_FI_PROF_SM_ACTIVE")
         passed = sm is not None and phase.passes(sm)
         ok &= passed
 
-        def med(name: str, s: Samples = samples) -> str:
-            value = s.median(name)
+        def avg(name: str, s: Samples = samples) -> str:
+            value = s.mean(name)
             return "absent" if value is None else f"{value:.3f}"
 
         windows = len(samples.values.get("DCGM_FI_PROF_SM_ACTIVE", []))
         lines.append(f"| {phase.name} | {windows} | {samples.span(UTIL)} | "
-                     f"{med('DCGM_FI_PROF_GR_ENGINE_ACTIVE')} | {med('DCGM_FI_PROF_SM_ACTIVE')} | "
-                     f"{med('DCGM_FI_PROF_PIPE_TENSOR_ACTIVE')} | {med('DCGM_FI_PROF_DRAM_ACTIVE')}"
+                     f"{avg('DCGM_FI_PROF_GR_ENGINE_ACTIVE')} | {avg('DCGM_FI_PROF_SM_ACTIVE')} | "
+                     f"{avg('DCGM_FI_PROF_PIPE_TENSOR_ACTIVE')} | {avg('DCGM_FI_PROF_DRAM_ACTIVE')}"
                      f" | {phase.criterion} | {'pass' if passed else 'FAIL'} |")
     lines.append("")
-    lines.append("Ratios are medians of per-window values; GPU_UTIL is every scraped value.")
+    lines.append("Ratios are means of per-window values; GPU_UTIL is every scraped value.")
     return "\n".join(lines), ok
 
 
@@ -193,8 +201,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", type=int, default=0)
     parser.add_argument("--phase-seconds", type=float, default=40.0)
-    parser.add_argument("--half-periods", default="1",
-                        help="comma-separated periods (s) of the half-duty phases (default 1)")
+    parser.add_argument("--half-periods", default="1,5",
+                        help="comma-separated periods (s) of the half-duty phases, each "
+                        "dividing the 5 s GPM window (default 1,5)")
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
     args = parser.parse_args()
 
