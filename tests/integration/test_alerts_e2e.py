@@ -4,7 +4,7 @@ One run starts, on loopback:
 * one `kvscope demo --scenario X` agent per simulated node (several for incidents that span
   nodes, each with its own NODE_NAME), all in parallel;
 * Debian's Prometheus scraping them every 2 seconds and evaluating a temporary copy of
-  alerts/rules rendered with shortened durations: every `for` is 5s (EngineTTFTHigh's 30s, the
+  alerts/rules rendered with shortened durations: every `for` is 5s (EngineTTFTHigh's 60s, the
   agent and collector alerts' 15-20s) and rate windows are 1m, so the whole run takes about two
   minutes (the copy is rendered by alerts/render.py with overrides; expressions and thresholds
   are the shipped ones);
@@ -218,10 +218,11 @@ def short_rules(out: Path) -> None:
     overrides: dict[str, str] = {name: SHORT_FOR for name in values if name.endswith("_for")}
     # A 1m rate window holds a few hundred simulated requests: TTFT's p99 from histogram
     # buckets is stable over that many, jumpy over the few dozen of a shorter window. While the
-    # window is still filling after Prometheus starts it is not, hence the longer `for`.
+    # window is still filling after Prometheus starts (up to ~50 s for the simulated vLLM at
+    # 3 requests/s) it is not, hence a `for` longer than that.
     # A scrape that times out on a busy CI machine must not read as a dead agent: the agent and
     # collector alerts wait longer than one slow scrape.
-    overrides.update(rate_window="1m", engine_ttft_for="30s", gpu_xid_window="2m",
+    overrides.update(rate_window="1m", engine_ttft_for="60s", gpu_xid_window="2m",
                      gpu_memory_forecast_window="30s", kvscope_agent_down_for="20s",
                      kvscope_collector_down_for="15s")
     render.write(render.render_all(values=render.with_overrides(overrides)), out)
@@ -426,9 +427,11 @@ async def test_every_incident_pages_through_alertmanager(
                                and belongs(r.alert["labels"], incident, instances)
                                for r in hook.received), f"{page} was sent"
 
-        # The healthy node pages nobody, and Prometheus has nothing pending for it either.
+        # The healthy node pages nobody, and Prometheus has no firing alert for it either (a
+        # pending one may come and go while the rate windows fill: that is what `for` is for).
         healthy = next(i for i in INCIDENTS if i.name == "healthy")
         prom_alerts = (await asyncio.to_thread(
             get_json, f"http://127.0.0.1:{prom_port}/api/v1/alerts"))["data"]["alerts"]
-        assert not [a for a in prom_alerts if belongs(a["labels"], healthy, instances)]
+        assert not [a for a in prom_alerts if belongs(a["labels"], healthy, instances)
+                    and a["state"] == "firing"]
         assert not [r for r in hook.received if belongs(r.alert["labels"], healthy, instances)]
