@@ -32,7 +32,7 @@ from alerts_processes import (
 
 pytestmark = pytest.mark.integration
 
-NODE_A, NODE_B, NODE_C = "10.0.0.1:9447", "10.0.0.2:9447", "10.0.0.3:9447"
+NODE_A, NODE_B, NODE_C = "127.0.0.1:9447", "127.0.0.2:9447", "127.0.0.3:9447"
 
 
 def alert(name: str, severity: str, **labels: str) -> dict[str, Any]:
@@ -56,9 +56,9 @@ CASES = [
      [alert("RDMALinkDegraded", "warning", instance=NODE_A, device="mlx5_2", port="1"),
       alert("RDMAPortErrors", "warning", instance=NODE_A, device="mlx5_2", port="1")],
      [alert("RDMALinkDegraded", "warning", instance=NODE_A, device="mlx5_1", port="1")]),
-    (alert("EngineKVCacheNearFull", "critical", instance="10.0.0.5:30000", pod="decode-0"),
-     [alert("EngineKVCacheNearFull", "warning", instance="10.0.0.5:30000", pod="decode-0")],
-     [alert("EngineKVCacheNearFull", "warning", instance="10.0.0.6:30000", pod="decode-1")]),
+    (alert("EngineKVCacheNearFull", "critical", instance="127.0.0.5:30000", pod="decode-0"),
+     [alert("EngineKVCacheNearFull", "warning", instance="127.0.0.5:30000", pod="decode-0")],
+     [alert("EngineKVCacheNearFull", "warning", instance="127.0.0.6:30000", pod="decode-1")]),
 ]
 
 
