@@ -48,6 +48,7 @@ class SimGpu:
     ecc_dbe: int = 0
     processes: int = 1
     energy_at_start_mj: int = 0
+    vgpu_licensed: bool | None = None  # None: not a vGPU guest (NVML: NOT_SUPPORTED)
 
     @property
     def phase(self) -> float:

@@ -63,6 +63,14 @@ DEFAULT_LATENCY = (2e-6, 4e-6)
 SPIN_BELOW = 200e-6  # shorter waits spin (an ioctl costs CPU), longer ones sleep
 
 
+# Marketing names of Hopper and newer data-centre GPUs, the ones NVML GPM supports.
+GPM_GENERATIONS = ("H100", "H200", "H20", "H800", "GH200", "B100", "B200", "GB200", "B300")
+
+
+def gpm_supported(name: str) -> bool:
+    return any(token in GPM_GENERATIONS for token in name.replace("-", " ").split())
+
+
 @dataclass
 class SimHandle:
     gpu: SimGpu
@@ -456,7 +464,18 @@ class FakeNvml:
 
     @_nvml_call
     def nvmlGpmQueryDeviceSupport(self, h: SimHandle) -> SimpleNamespace:
-        return SimpleNamespace(isSupportedDevice=1)
+        # Real NVML answers 0 below Hopper: an L40S (Ada) or A100 (Ampere) has no GPM, so
+        # without DCGM's profiling module it gets no DCGM_FI_PROF_* at all.
+        return SimpleNamespace(isSupportedDevice=int(gpm_supported(h.gpu.name)))
+
+    @_nvml_call
+    def nvmlDeviceGetGridLicensableFeatures(self, h: SimHandle) -> SimpleNamespace:
+        licensed = h.gpu.vgpu_licensed
+        if licensed is None:
+            raise NVMLError(NOT_SUPPORTED)  # bare metal: the simulated H100/H200 are no vGPU
+        feature = SimpleNamespace(featureCode=1, featureState=int(licensed))
+        return SimpleNamespace(isGridLicenseSupported=1, licensableFeaturesCount=1,
+                               gridLicensableFeatures=[feature])
 
     @_nvml_call
     def nvmlGpmSampleAlloc(self) -> _GpmSample:

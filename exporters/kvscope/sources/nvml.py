@@ -178,6 +178,25 @@ def _pcie_link(lib: Any, h: Any) -> dict[str, float]:
             "pcie_max_link_width": lib.nvmlDeviceGetMaxPcieLinkWidth(h)}
 
 
+class _NotSupported(Exception):
+    """NOT_SUPPORTED for a call that succeeded but says the feature is absent."""
+
+    value = NVML_ERROR_NOT_SUPPORTED
+
+
+def _vgpu_license(lib: Any, h: Any) -> dict[str, float]:
+    # DCGM's field 526 (vgpu_instance_license_status) is 1 when the vGPU is licensed. Which NVML
+    # call DCGM makes for it is not documented; in a vGPU guest the licensable features say it:
+    # licensed when a feature's state is 1. On bare metal NVML answers NOT_SUPPORTED, or
+    # isGridLicenseSupported 0, and the series stays absent.
+    features = lib.nvmlDeviceGetGridLicensableFeatures(h)
+    if not features.isGridLicenseSupported:
+        raise _NotSupported()
+    count = int(features.licensableFeaturesCount)
+    states = [int(f.featureState) for f in list(features.gridLicensableFeatures)[:count]]
+    return {"vgpu_license": 1.0 if any(state == 1 for state in states) else 0.0}
+
+
 def _energy(lib: Any, h: Any) -> dict[str, float]:
     return {"energy_mj": lib.nvmlDeviceGetTotalEnergyConsumption(h)}
 
@@ -215,7 +234,7 @@ FAST_READERS: Mapping[str, Reader] = {
 # Slow calls: energy 3-15 ms per GPU, PCIe replay 0.18 ms, ECC 4 calls.
 SLOW_READERS: Mapping[str, Reader] = {
     "energy": _energy, "pcie_replay": _pcie_replay, "remapped_rows": _remapped_rows,
-    "ecc": _ecc,
+    "ecc": _ecc, "vgpu_license": _vgpu_license,
 }
 
 
