@@ -254,16 +254,17 @@ FIELDS: tuple[DcgmField, ...] = (
            "Ratio of cycles the memory interface was busy (0-1). NVML GPM DRAM_BW_UTIL.",
            old=("DCGM_FI_PROF_DRAM_ACTIVE", "gauge", "ratio", True),
            new=("DCGM_FI_PROF_DRAM_UTIL_RATIO", "ratio", "derived", True)),
-    # Commented rows in 4.8.3 (typed counter there, "via NVML"), gone from 4.8.4; default rows in
-    # 4.9.0 (4.10.0 renames them "from" these names) and 4.10.0. DCGM's field is a rate: gauge.
+    # Default gauge rows of the 4.8.x profiling section (bytes per second; the commented "via
+    # NVML" counter rows of the same name in 4.8.3 are gone from 4.8.4); kept in 4.9.0 (4.10.0
+    # renames them "from" these names) and renamed in 4.10.0.
     _field("gpm_pcie_tx_mibps", 1009, "MiB/s",
            "PCIe transmit rate (bytes/s) averaged over one fast poll. NVML GPM PCIE_TX_PER_SEC.",
-           old=("DCGM_FI_PROF_PCIE_TX_BYTES", "gauge", "bytes/s", False),
+           old=("DCGM_FI_PROF_PCIE_TX_BYTES", "gauge", "bytes/s", True),
            new=("DCGM_FI_PROF_PCIE_TX_BYTES", "bytes/s", "confirmed", True),
            new_410=("DCGM_FI_PROF_PCIE_TX_BYTES_PER_SECOND", "confirmed")),
     _field("gpm_pcie_rx_mibps", 1010, "MiB/s",
            "PCIe receive rate (bytes/s) averaged over one fast poll. NVML GPM PCIE_RX_PER_SEC.",
-           old=("DCGM_FI_PROF_PCIE_RX_BYTES", "gauge", "bytes/s", False),
+           old=("DCGM_FI_PROF_PCIE_RX_BYTES", "gauge", "bytes/s", True),
            new=("DCGM_FI_PROF_PCIE_RX_BYTES", "bytes/s", "confirmed", True),
            new_410=("DCGM_FI_PROF_PCIE_RX_BYTES_PER_SECOND", "confirmed")),
     # Beyond the default CSV.
