@@ -29,6 +29,8 @@ from kvscope.sources.nvml import (
     SLOW_READERS,
     GpuIdentity,
     GpuReading,
+    MigInstance,
+    MigReading,
     NvmlSource,
     NvmlUnavailable,
     XidEvent,
@@ -88,6 +90,12 @@ SLOW_ORDER: tuple[str | Spec, ...] = (
 def specs(order: Sequence[str | Spec], compat: Compat) -> tuple[Spec, ...]:
     return tuple(dcgm_spec(item, compat) if isinstance(item, str) else item for item in order)
 
+
+# What NVML gives per GPU instance: the instance's framebuffer, and GPM on Hopper and newer.
+# PCIe rates are the whole GPU's ("no physical meaning for MIG", DCGM returns N/A for them).
+PER_INSTANCE_KEYS = frozenset({
+    "fb_free", "fb_used", "fb_reserved", "fb_total", "gpm_graphics_util", "gpm_sm_util",
+    "gpm_sm_occupancy", "gpm_any_tensor_util", "gpm_dram_bw_util"})
 
 FAST_SPECS = specs(FAST_ORDER, DEFAULT_COMPAT)
 SLOW_SPECS = specs(SLOW_ORDER, DEFAULT_COMPAT)
@@ -160,8 +168,8 @@ class GpuCollector(Collector):
                 raise CollectorError(
                     "no_gpus", "NVML sees no GPU, so no GPU metrics; give the agent every GPU "
                     "(NVIDIA_VISIBLE_DEVICES=all, and no nvidia.com/gpu resource request)")
-            readings = await pool.run(source.read, FAST_READERS, with_gpm=self._cfg.gpm)
-            return self._fast_families(readings)
+            readings, migs = await pool.run(self._read_fast, source)
+            return self._fast_families(readings, migs)
         if tier is Tier.SLOW:
             readings = await pool.run(source.read, SLOW_READERS)
             return self._value_families(readings, self._slow_specs)
@@ -169,6 +177,11 @@ class GpuCollector(Collector):
         events = await pool.run(source.wait_xid, wait_ms)
         self._count_xids(events)
         return self._xid_families()
+
+    def _read_fast(self, source: NvmlSource) -> tuple[list[GpuReading], list[MigReading]]:
+        """Blocking: the whole GPUs, then the GPU instances of MIG-enabled ones."""
+        readings = source.read(FAST_READERS, with_gpm=self._cfg.gpm)
+        return readings, source.read_mig(with_gpm=self._cfg.gpm)
 
     async def _poll_static(self, pool: BlockingPool) -> Sequence[Metric]:
         if self._source is None:
@@ -214,17 +227,30 @@ class GpuCollector(Collector):
 
     # ---- families ------------------------------------------------------------------------
 
+    def _instance_labels(self, instance: MigInstance) -> dict[str, str]:
+        """dcgm-exporter's labels of a GPU-instance series: the parent GPU's identity, then
+        GPU_I_PROFILE and GPU_I_ID; the pod is the one holding this MIG device (kubelet device
+        id MIG-<uuid>, or MIG-GPU-<parent uuid>/<gi>/<ci> from old drivers)."""
+        pods = self._ctx.gpu_pods
+        pod = pods.get(instance.uuid) or pods.get(
+            f"{instance.parent.uuid}/{instance.gpu_instance_id}")
+        labels = gpu_identity_labels(self._ctx.config, instance.parent, self._driver, pod,
+                                     dcgm=True)
+        labels["GPU_I_PROFILE"] = instance.profile
+        labels["GPU_I_ID"] = str(instance.gpu_instance_id)
+        return labels
+
     def _mig_family(self) -> Family:
         mig = gauge("kvscope_gpu_mig_enabled",
-                    "1 when MIG mode is on: per-instance metrics are not exported yet, and "
-                    "DCGM_FI_DEV_GPU_UTIL is absent on MIG GPUs.")
+                    "1 when MIG mode is on: framebuffer and DCGM_FI_PROF_* series are then per "
+                    "GPU instance (GPU_I_PROFILE, GPU_I_ID), and DCGM_FI_DEV_GPU_UTIL is absent.")
         for gpu in self._identities:
             if gpu.mig_enabled is not None:
                 mig.add(self._labels(gpu), int(gpu.mig_enabled))
         return mig
 
-    def _value_families(self, readings: Sequence[GpuReading],
-                        specs: Sequence[Spec]) -> list[Metric]:
+    def _value_families(self, readings: Sequence[GpuReading], specs: Sequence[Spec],
+                        migs: Sequence[MigReading] = ()) -> list[Metric]:
         families = {s.name: Family(s.name, s.help, s.kind) for s in specs}
         for reading in readings:
             if reading.lost:
@@ -233,13 +259,21 @@ class GpuCollector(Collector):
                       False: self._labels(reading.gpu)}
             for spec in specs:
                 value = reading.values.get(spec.key)
-                if value is not None:
-                    families[spec.name].add(labels[spec.dcgm], spec.scale(value))
+                if value is None or (reading.gpu.mig_enabled and spec.key in PER_INSTANCE_KEYS):
+                    continue  # with MIG on, these are the instances' series below
+                families[spec.name].add(labels[spec.dcgm], spec.scale(value))
+        for mig in migs:
+            instance_labels = self._instance_labels(mig.instance)
+            for spec in specs:
+                value = mig.values.get(spec.key)
+                if value is not None and spec.key in PER_INSTANCE_KEYS:
+                    families[spec.name].add(instance_labels, spec.scale(value))
             for call, error in reading.errors:
                 self._nvml_errors[(reading.gpu.index, call, error)] += 1
         return non_empty(*families.values())
 
-    def _fast_families(self, readings: Sequence[GpuReading]) -> list[Metric]:
+    def _fast_families(self, readings: Sequence[GpuReading],
+                       migs: Sequence[MigReading] = ()) -> list[Metric]:
         up = gauge("kvscope_gpu_up",
                    "1 when NVML answers for this GPU; 0 when it is lost (e.g. XID 79, fallen off "
                    "the bus). The other GPUs keep exporting.")
@@ -253,7 +287,7 @@ class GpuCollector(Collector):
             if mask is not None:
                 for bit, reason in CLOCK_EVENT_REASONS.items():
                     events.add({**labels, "reason": reason}, 1 if int(mask) & bit else 0)
-        families = self._value_families(readings, self._fast_specs)
+        families = self._value_families(readings, self._fast_specs, migs)
         errors = counter("kvscope_gpu_nvml_errors_total",
                          "NVML calls that failed with an error other than NOT_SUPPORTED.")
         for (index, call, error), n in sorted(self._nvml_errors.items()):

@@ -129,6 +129,7 @@ SUBSYSTEM_MODULES: list[str] = [
     "kvscope.sim.kubelet",
     "kvscope.sim.rdma",
     "kvscope.sim.engines",
+    "kvscope.sim.mig",
 ]
 
 
