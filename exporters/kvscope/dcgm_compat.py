@@ -323,3 +323,24 @@ def name_of(key: str, compat: Compat) -> str:
 
 def generation(compat: Compat) -> Generation:
     return GENERATION_FACTS[compat]
+
+
+# Multiplier from a generation's unit back to the 4.8 unit, for readers of an exposition that
+# may come from any generation (doctor, index page).
+_TO_48_UNIT: Mapping[tuple[str, str], float] = {
+    ("MHz", "Hz"): 1e-6, ("mJ", "J"): 1000.0, ("%", "ratio"): 100.0, ("MiB", "bytes"): 1 / MIB,
+    ("MB/s", "bytes/s"): 1 / (1024 * 1000)}
+
+
+def names_in_48_units(key: str) -> list[tuple[str, float]]:
+    """Every name `key` is exported under in some generation, with the factor that turns its
+    value into the 4.8 unit: read whichever a snapshot carries."""
+    entry = BY_KEY[key]
+    first = entry.naming("4.8")
+    out: list[tuple[str, float]] = []
+    for compat in GENERATIONS:
+        naming = entry.naming(compat)
+        if naming.name not in (name for name, _ in out):
+            factor = 1.0 if naming.unit == first.unit else _TO_48_UNIT[(first.unit, naming.unit)]
+            out.append((naming.name, factor))
+    return out
