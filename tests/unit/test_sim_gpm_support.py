@@ -42,3 +42,14 @@ def test_gpm_generations_by_name() -> None:
     assert gpm_supported("NVIDIA H200") and gpm_supported("NVIDIA H100 80GB HBM3")
     assert gpm_supported("NVIDIA H20") and gpm_supported("NVIDIA B200")
     assert not gpm_supported("NVIDIA L40S") and not gpm_supported("NVIDIA A100-SXM4-80GB")
+
+
+async def test_pre_hopper_node_says_so_once_per_gpu(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="kvscope.collectors.gpu")
+    ctx = sim_context("pcie-only")
+    runtime = build_runtime(ctx)
+    await runtime.poll_all_once()
+    await runtime.poll_all_once()
+    await runtime.stop()
+    lines = [r.getMessage() for r in caplog.records if "no NVML GPM" in r.getMessage()]
+    assert len(lines) == 8 and "NVIDIA L40S" in lines[0]

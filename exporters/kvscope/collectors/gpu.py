@@ -125,6 +125,7 @@ class GpuCollector(Collector):
         self._xid_counts: Counter[tuple[int, int]] = Counter()  # (gpu index, xid)
         self._last_xid: dict[int, int] = {}
         self._compat: Compat = ctx.config.dcgm.compat
+        self._told_no_gpm: set[str] = set()
         self._fast_specs = specs(FAST_ORDER, self._compat)
         self._slow_specs = specs(SLOW_ORDER, self._compat)
 
@@ -197,11 +198,21 @@ class GpuCollector(Collector):
         except NvmlUnavailable as exc:
             return self._mark_unavailable(str(exc))
         self._unavailable = None
+        self._say_without_gpm(inventory.without_gpm)
         self._identities = inventory.gpus
         self._driver = inventory.driver_version
         nvml = gauge("kvscope_gpu_nvml_available",
                      "1 when NVML loaded; 0 means no GPU driver or library on this node.")
         return non_empty(nvml.add({}, 1), self._mig_family())
+
+    def _say_without_gpm(self, gpus: Sequence[GpuIdentity]) -> None:
+        """Once per GPU: a pre-Hopper GPU has no GPM, so no DCGM_FI_PROF_* (README: GPU)."""
+        for gpu in gpus:
+            if gpu.uuid not in self._told_no_gpm:
+                self._told_no_gpm.add(gpu.uuid)
+                log.info("GPU %d (%s): no NVML GPM (Hopper and newer only), so no DCGM_FI_PROF_* "
+                         "series; DCGM's profiling module provides them on this GPU", gpu.index,
+                         gpu.name)
 
     def _mark_unavailable(self, why: str) -> list[Metric]:
         if self._unavailable is None:

@@ -104,6 +104,7 @@ class Inventory:
     driver_version: str
     gpus: tuple[GpuIdentity, ...]
     mig_instances: tuple[MigInstance, ...] = ()
+    without_gpm: tuple[GpuIdentity, ...] = ()  # GPM asked for, NVML says unsupported (pre-Hopper)
 
 
 @dataclass(frozen=True)
@@ -336,8 +337,11 @@ class NvmlSource:
                 devices.append(previous.get(index) or _Device(_unknown_identity(index), None))
         self._devices = devices
         self._by_handle = {_handle_key(d.handle): d for d in devices if d.handle is not None}
+        without_gpm = tuple(d.identity for d in devices if self._use_gpm and d.handle is not None
+                            and not d.identity.mig_enabled and d.gpm is None)
         self.inventory = Inventory(driver, tuple(d.identity for d in devices),
-                                   tuple(m.instance for d in devices for m in d.migs))
+                                   tuple(m.instance for d in devices for m in d.migs),
+                                   without_gpm)
         try:
             self._register_events()
         except Exception as exc:
