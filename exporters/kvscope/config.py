@@ -310,6 +310,18 @@ class DcgmSettings(Strict):
         description="'4.8' (dcgm-exporter 4.8.0-4.8.2, label Hostname), '4.8.3' (4.8.3-4.8.4, "
                     "label hostname), '4.9' or '4.10' (DCGM 4.7 names and base units)")
 
+    @field_validator("compat", mode="before")
+    @classmethod
+    def _unquoted_number(cls, value: Any) -> Any:
+        # YAML reads an unquoted 4.9 as a number, and 4.10 as the number 4.1.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        text = str(value)
+        if text == "4.1":
+            raise ValueError("got the number 4.1: YAML reads an unquoted 4.10 so; write "
+                             "compat: \"4.10\"")
+        return text
+
 
 def _default_node_name() -> str:
     # dcgm-exporter's rule: NODE_NAME (from the downward API) if set, else the host name.
