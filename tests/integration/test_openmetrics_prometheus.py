@@ -20,15 +20,19 @@ from pathlib import Path
 import pytest
 
 from agent import Agent, free_port
-from kvscope.dcgm_compat import FIELDS
+from kvscope.dcgm_compat import FIELDS, Compat
 
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus")
 # DCGM counters the healthy simulated node serves (NVLink included: the demo runs every
 # collector). ECC counters too: the simulated H100s answer them.
-SERVED_COUNTERS = {f.naming("4.8").name for f in FIELDS
-                   if f.naming("4.8").kind == "counter" and f.key != "nvlink_bandwidth"}
+def served_counters(compat: Compat) -> set[str]:
+    return {f.naming(compat).name for f in FIELDS
+            if f.naming(compat).kind == "counter" and f.key != "nvlink_bandwidth"}
+
+
+SERVED_COUNTERS = served_counters("4.8")
 
 
 def _get(url: str) -> dict:  # type: ignore[type-arg]
@@ -36,7 +40,7 @@ def _get(url: str) -> dict:  # type: ignore[type-arg]
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
-def _scrape_with_prometheus(agent: Agent) -> tuple[dict[str, str], set[str]]:
+def _scrape_with_prometheus(agent: Agent, counters: set[str]) -> tuple[dict[str, str], set[str]]:
     """Run Prometheus against the agent until it holds metadata for every DCGM counter;
     return {family: type} and the stored metric names."""
     port = free_port()
@@ -74,18 +78,23 @@ def _scrape_with_prometheus(agent: Agent) -> tuple[dict[str, str], set[str]]:
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus is not installed")
-@pytest.mark.parametrize("flags", [(), ("--web.enable-openmetrics",)],
-                         ids=["text-default", "openmetrics-flag"])
-def test_prometheus_types_every_dcgm_counter_counter(flags: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(("flags", "compat", "nvlink_type"), [
+    ((), "4.8", "counter"),
+    (("--web.enable-openmetrics",), "4.8", "counter"),
+    (("--web.enable-openmetrics", "--dcgm.compat", "4.10"), "4.10", "gauge"),
+], ids=["text-default", "openmetrics-flag", "openmetrics-4.10"])
+def test_prometheus_types_every_dcgm_counter_counter(flags: tuple[str, ...], compat: Compat,
+                                                      nvlink_type: str) -> None:
+    counters = served_counters(compat)
     with Agent("demo", *flags) as agent:
         agent.wait_ready()
-        types, names = _scrape_with_prometheus(agent)
-    missing = SERVED_COUNTERS - set(types)
+        types, names = _scrape_with_prometheus(agent, counters)
+    missing = counters - set(types)
     assert not missing, f"Prometheus never saw {sorted(missing)}"
-    assert {name: types[name] for name in SERVED_COUNTERS} == dict.fromkeys(
-        SERVED_COUNTERS, "counter")
-    assert names >= SERVED_COUNTERS  # stored under dcgm-exporter's names, no `_total` added
+    assert {name: types[name] for name in counters} == dict.fromkeys(counters, "counter")
+    assert counters <= names  # stored under dcgm-exporter's names, no `_total` added
     assert not {n for n in names if n.endswith("_total") and n.removesuffix("_total")
-                in SERVED_COUNTERS}
-    # 4.8 (<= 4.8.2) typed the NVLink bandwidth counter; the healthy node has NVLink.
-    assert types["DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"] == "counter"
+                in counters}
+    # <= 4.8.2 typed the NVLink bandwidth counter, 4.8.3 and later gauge.
+    nvlink = next(f for f in FIELDS if f.key == "nvlink_bandwidth").naming(compat).name
+    assert types[nvlink] == nvlink_type
