@@ -116,8 +116,9 @@ def test_port_in_use_is_one_line() -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-async def _serve(runtime) -> tuple[web.AppRunner, str]:  # type: ignore[no-untyped-def]
-    runner = web.AppRunner(build_app(runtime))
+async def _serve(runtime, openmetrics: bool = False  # type: ignore[no-untyped-def]
+                 ) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(build_app(runtime, enable_openmetrics=openmetrics))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -150,21 +151,48 @@ async def test_concurrent_scrapes_cost_no_nvml_calls() -> None:
     assert runtime.renders - renders_before <= 1
 
 
-async def test_openmetrics_and_gzip_negotiation() -> None:
+# What Prometheus 2.42 sends (scrape.go's acceptHeader): OpenMetrics first.
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+async def test_text_format_by_default_whatever_prometheus_asks() -> None:
     ctx = sim_context("healthy")
     runtime = build_runtime(ctx)
     await runtime.poll_all_once()
     runner, base = await _serve(runtime)
     try:
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics",
+                               headers={"Accept": PROMETHEUS_ACCEPT}) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            body = await resp.read()
+    finally:
+        await runner.cleanup()
+        await runtime.stop()
+    text = body.decode()
+    assert "# EOF" not in text
+    assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter" in text
+    assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{" in text
+    assert "DCGM_FI_DEV_GPU_UTIL" in parse(body)
+
+
+async def test_openmetrics_and_gzip_negotiation() -> None:
+    ctx = sim_context("healthy")
+    runtime = build_runtime(ctx)
+    await runtime.poll_all_once()
+    runner, base = await _serve(runtime, openmetrics=True)
+    try:
         async with aiohttp.ClientSession(auto_decompress=False) as session:
-            headers = {"Accept": "application/openmetrics-text; version=1.0.0",
-                       "Accept-Encoding": "gzip"}
+            headers = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
             async with session.get(f"{base}/metrics", headers=headers) as resp:
                 raw = await resp.read()
                 assert resp.headers["Content-Encoding"] == "gzip"
                 assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
             body = gzip.decompress(raw).decode()
             assert body.endswith("# EOF\n")
+            # dcgm-exporter's counters stay counters under their own names (issue 11).
+            assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter" in body
+            assert "# TYPE DCGM_FI_DEV_PCIE_REPLAY_COUNTER counter" in body
             async with session.get(f"{base}/metrics",
                                    headers={"Accept-Encoding": "identity"}) as resp:
                 assert "Content-Encoding" not in resp.headers

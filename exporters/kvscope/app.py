@@ -118,7 +118,8 @@ async def _serve(ctx: NodeContext) -> None:
         tls = ssl_context(web_config, config.web.config_file)  # type: ignore[arg-type]
     runtime = build_runtime(ctx)
     # A scrape is answered in milliseconds: no reason to wait aiohttp's default 60 s for one.
-    app = build_app(runtime, web_config, node_facts(ctx), DoctorCache(ctx))
+    app = build_app(runtime, web_config, node_facts(ctx), DoctorCache(ctx),
+                    enable_openmetrics=config.web.enable_openmetrics)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = config.web.host_port()

@@ -16,6 +16,7 @@ import click
 from kvscope import __version__
 from kvscope.collectors import REGISTRY
 from kvscope.config import Config, ConfigError, load
+from kvscope.dcgm_compat import GENERATIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +29,12 @@ def _common_options(fn: F) -> F:
                      help="Address to listen on, [host]:port (default :9447)."),
         click.option("--web.config.file", "web_config_file", type=click.Path(path_type=Path),
                      help="exporter-toolkit web config: TLS and basic auth."),
+        click.option("--web.enable-openmetrics", "enable_openmetrics", is_flag=True,
+                     default=None, help="Serve OpenMetrics to scrapers that ask for it "
+                     "(default: always the Prometheus text format, as dcgm-exporter)."),
+        click.option("--dcgm.compat", "dcgm_compat", type=click.Choice(GENERATIONS),
+                     help="dcgm-exporter release whose DCGM_* names, units and labels to "
+                          "serve (default 4.8; see README, GPU metrics)."),
         click.option("--path.sysfs", "sysfs", type=click.Path(path_type=Path),
                      help="sysfs mount point (default /sys)."),
         click.option("--path.procfs", "procfs", type=click.Path(path_type=Path),
@@ -50,7 +57,8 @@ def _common_options(fn: F) -> F:
 def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     mapping = {"listen_address": "web.listen_address", "web_config_file": "web.config_file",
                "sysfs": "paths.sysfs", "procfs": "paths.procfs", "scenario": "scenario",
-               "log_level": "log_level", "rdma_eadm_path": "collectors.rdma.eadm_path"}
+               "log_level": "log_level", "rdma_eadm_path": "collectors.rdma.eadm_path",
+               "enable_openmetrics": "web.enable_openmetrics", "dcgm_compat": "dcgm.compat"}
     out = {dotted: kwargs[key] for key, dotted in mapping.items() if kwargs.get(key) is not None}
     for name in REGISTRY:
         value = kwargs.get(f"collector_{name}")

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from kvscope.dcgm_compat import DEFAULT_COMPAT, Compat
+
 DEFAULT_PORT = 9447  # clashes with neither dcgm-exporter (9400) nor node_exporter (9100)
 COLLECTOR_NAMES = ("gpu", "nvlink", "topology", "rdma", "engines")
 
@@ -258,6 +260,10 @@ class CollectorsConfig(Strict):
 class WebSettings(Strict):
     listen_address: str = f":{DEFAULT_PORT}"
     config_file: Path | None = None
+    enable_openmetrics: bool = Field(
+        False, description="answer a scrape that asks for OpenMetrics with OpenMetrics; by "
+                           "default every scrape gets the Prometheus text format, as from "
+                           "dcgm-exporter and node_exporter")
 
     @field_validator("listen_address")
     @classmethod
@@ -296,6 +302,27 @@ class PdSettings(Strict):
     decode_values: tuple[str, ...] = ("decode", "d")
 
 
+class DcgmSettings(Strict):
+    """Which dcgm-exporter release the DCGM_* families imitate (kvscope.dcgm_compat)."""
+
+    compat: Compat = Field(
+        DEFAULT_COMPAT,
+        description="'4.8' (dcgm-exporter 4.8.0-4.8.2, label Hostname), '4.8.3' (4.8.3-4.8.4, "
+                    "label hostname), '4.9' or '4.10' (DCGM 4.7 names and base units)")
+
+    @field_validator("compat", mode="before")
+    @classmethod
+    def _unquoted_number(cls, value: Any) -> Any:
+        # YAML reads an unquoted 4.9 as a number, and 4.10 as the number 4.1.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        text = str(value)
+        if text == "4.1":
+            raise ValueError("got the number 4.1: YAML reads an unquoted 4.10 so; write "
+                             "compat: \"4.10\"")
+        return text
+
+
 def _default_node_name() -> str:
     # dcgm-exporter's rule: NODE_NAME (from the downward API) if set, else the host name.
     return os.environ.get("NODE_NAME") or socket.gethostname()
@@ -307,13 +334,16 @@ class Config(Strict):
     kubernetes: KubernetesSettings = KubernetesSettings()
     pd: PdSettings = PdSettings()
     node_name: str = Field(default_factory=_default_node_name)
-    hostname_label: str = Field(
-        "Hostname", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
-        description="label key for the node name: 'Hostname' (dcgm-exporter <= 4.8.2) or "
-                    "'hostname' (4.8.3 and later)")
+    dcgm: DcgmSettings = DcgmSettings()
+    hostname_label: str | None = Field(
+        None, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+        description="label key for the node name; unset: the key of dcgm.compat's release on "
+                    "DCGM_* series ('Hostname' for 4.8, 'hostname' from 4.8.3) and 'Hostname' "
+                    "on kvscope_* series; set: this key on both")
     driver_version_label: bool = Field(
-        True, description="add DCGM_FI_DRIVER_VERSION to GPU series as dcgm-exporter's "
-                          "default-counters.csv does")
+        True, description="add the driver-version label (DCGM_FI_DRIVER_VERSION; "
+                          "DCGM_FI_SYSTEM_DRIVER_VERSION on DCGM_* series from dcgm.compat 4.9) "
+                          "to GPU series as dcgm-exporter's default-counters.csv does")
     staleness_factor: PositiveFloat = Field(
         3.0, description="a tier's snapshot older than this many intervals is dropped")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

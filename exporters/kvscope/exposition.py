@@ -23,16 +23,6 @@ class _Families:
         return iter(self._families)
 
 
-def _for_openmetrics(family: Metric) -> Metric:
-    # OpenMetrics demands `_total` on counter samples; DCGM's compatibility counters lack it.
-    if family.type == "counter" and any(not s.name.endswith(("_total", "_created"))
-                                        for s in family.samples):
-        clone = Metric(family.name, family.documentation, "unknown")
-        clone.samples = list(family.samples)
-        return clone
-    return family
-
-
 def merge(families: Iterable[Metric]) -> list[Metric]:
     """Join families of the same name from different tiers or sources into one.
 
@@ -105,6 +95,15 @@ def render_text(families: Iterable[Metric]) -> bytes:
 
 
 def render_openmetrics(families: Iterable[Metric]) -> bytes:
-    registry = _Families(_for_openmetrics(f) for f in families)
+    """OpenMetrics 1.0 (only with --web.enable-openmetrics).
+
+    dcgm-exporter's counters keep their names without `_total` and stay typed `counter`:
+    Prometheus's OpenMetrics parser takes the TYPE line for the family and the sample name as
+    written, so a scrape stores the same series, with the same type, as the text format does
+    (checked against a real Prometheus in tests/integration/test_openmetrics_prometheus.py).
+    Strict OpenMetrics would want `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total`, a series no
+    dcgm-exporter dashboard queries; typing them `unknown` instead loses the counter type.
+    """
+    registry = _Families(families)
     body: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
     return body

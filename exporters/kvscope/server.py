@@ -26,9 +26,19 @@ DOCTOR_KEY = web.AppKey("doctor_cache", DoctorCache)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+OPENMETRICS_KEY = web.AppKey("enable_openmetrics", bool)
+
+
 def _wants_openmetrics(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "application/openmetrics-text" in accept
+    """OpenMetrics only when the operator enabled it and the scraper asks for it.
+
+    Prometheus 2.x asks for OpenMetrics first; dcgm-exporter and node_exporter (without
+    --web.enable-openmetrics) answer with the text format regardless, and so does kvscope by
+    default, so a scrape of kvscope stores exactly what a scrape of dcgm-exporter stores.
+    """
+    if not request.app.get(OPENMETRICS_KEY, False):
+        return False
+    return "application/openmetrics-text" in request.headers.get("Accept", "")
 
 
 def _accepts_gzip(request: web.Request) -> bool:
@@ -128,7 +138,8 @@ def headers_middleware(headers: dict[str, str]) -> Middleware:
 
 def build_app(runtime: Runtime, web_config: WebConfig | None = None,
               facts: NodeFacts | None = None,
-              doctor: DoctorCache | None = None) -> web.Application:
+              doctor: DoctorCache | None = None,
+              enable_openmetrics: bool = False) -> web.Application:
     """The agent's endpoints. `facts` and `doctor` feed the index page only: /metrics serves
     the runtime's rendered bytes and nothing else."""
     middlewares: list[Any] = []
@@ -145,6 +156,7 @@ def build_app(runtime: Runtime, web_config: WebConfig | None = None,
             middlewares.append(basic_auth_middleware(auth, excluded))
     app = web.Application(middlewares=middlewares)
     app[RUNTIME_KEY] = runtime
+    app[OPENMETRICS_KEY] = enable_openmetrics
     if facts is not None:
         app[FACTS_KEY] = facts
     if doctor is not None:

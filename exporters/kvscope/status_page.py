@@ -20,6 +20,7 @@ from prometheus_client.core import Metric
 
 from kvscope import __version__
 from kvscope.context import NodeContext
+from kvscope.dcgm_compat import names_in_48_units
 from kvscope.runtime import Collector, Runtime
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,19 @@ def _by_gpu(families: list[Metric], name: str) -> dict[str, tuple[dict[str, str]
     return {lb["gpu"]: (lb, v) for lb, v in _samples(families, name) if "gpu" in lb}
 
 
+def _dcgm_by_gpu(families: list[Metric], key: str) -> dict[str, tuple[dict[str, str], float]]:
+    """A DCGM reading per GPU in dcgm-exporter 4.8's unit under any dcgm.compat generation;
+    the GPU instances of a MIG GPU are summed."""
+    for name, factor in names_in_48_units(key):
+        found: dict[str, tuple[dict[str, str], float]] = {}
+        for lb, v in _samples(families, name):
+            if "gpu" in lb:
+                found[lb["gpu"]] = (lb, found.get(lb["gpu"], (lb, 0.0))[1] + v * factor)
+        if found:
+            return found
+    return {}
+
+
 def node_section(facts: NodeFacts, families: list[Metric]) -> str:
     if facts.scenario is not None:
         mode = (f"<b>simulated node</b>, scenario <code>{_e(facts.scenario)}</code>"
@@ -193,11 +207,11 @@ def gpu_section(families: list[Metric]) -> str:
     up = _by_gpu(families, "kvscope_gpu_up")
     if not up:
         return ""
-    util = _by_gpu(families, "DCGM_FI_DEV_GPU_UTIL")
-    used = _by_gpu(families, "DCGM_FI_DEV_FB_USED")
-    total = _by_gpu(families, "DCGM_FI_DEV_FB_TOTAL")
-    free = _by_gpu(families, "DCGM_FI_DEV_FB_FREE")
-    temp = _by_gpu(families, "DCGM_FI_DEV_GPU_TEMP")
+    util = _dcgm_by_gpu(families, "gpu_util")
+    used = _dcgm_by_gpu(families, "fb_used")
+    total = _dcgm_by_gpu(families, "fb_total")
+    free = _dcgm_by_gpu(families, "fb_free")
+    temp = _dcgm_by_gpu(families, "gpu_temp")
     pods: dict[str, set[str]] = {}
     for lb, _ in _samples(families, "kvscope_pod_gpu_info"):
         role = f" ({lb['role']})" if lb.get("role") not in (None, "", "unknown") else ""

@@ -8,6 +8,7 @@ Tiers: static (enumerate GPUs), fast (utilisation, memory, clocks, power, GPM ra
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -17,7 +18,10 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from kvscope import dcgm_compat
+from kvscope.collectors.labels import gpu_identity_labels
 from kvscope.context import NodeContext
+from kvscope.dcgm_compat import DEFAULT_COMPAT, Compat
 from kvscope.families import Family, counter, gauge, non_empty
 from kvscope.runtime import BlockingPool, Collector, CollectorError, Schedule, Tier
 from kvscope.sources.nvml import (
@@ -25,16 +29,15 @@ from kvscope.sources.nvml import (
     SLOW_READERS,
     GpuIdentity,
     GpuReading,
+    MigInstance,
+    MigReading,
     NvmlSource,
     NvmlUnavailable,
     XidEvent,
 )
-from kvscope.xid import describe_xid
+from kvscope.xid import dcgm_err_msg, describe_xid
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
-
 
 @dataclass(frozen=True)
 class Spec:
@@ -45,115 +48,57 @@ class Spec:
     help: str
     key: str
     scale: Callable[[float], float] = float
+    dcgm: bool = True  # a DCGM_* family (compat labels) rather than a kvscope_* one
 
 
-def _mib(v: float) -> float:
-    return float(int(v) // MIB)  # DCGM reports whole MiB
+def _kvscope(name: str, help_text: str, key: str) -> Spec:
+    return Spec(name, "gauge", help_text, key, dcgm=False)
 
 
-def _watts(v: float) -> float:
-    return v / 1000.0
+def dcgm_spec(key: str, compat: Compat) -> Spec:
+    """The family a DCGM reading is exported as under `compat` (kvscope.dcgm_compat's table)."""
+    entry = dcgm_compat.field(key)
+    naming = entry.naming(compat)
+    return Spec(naming.name, naming.kind, entry.help_for(compat), key,
+                functools.partial(entry.convert, compat))
 
 
-def _mib_to_bytes(v: float) -> float:
-    return v * MIB
-
-
-def _ratio(v: float) -> float:
-    return v / 100.0
-
-
-FAST_SPECS: tuple[Spec, ...] = (
-    Spec("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz). NVML ClockInfo.",
-         "sm_clock"),
-    Spec("DCGM_FI_DEV_MEM_CLOCK", "gauge", "Memory clock frequency (in MHz). NVML ClockInfo.",
-         "mem_clock"),
-    Spec("DCGM_FI_DEV_MEMORY_TEMP", "gauge", "Memory temperature (in C). NVML field 82.",
-         "memory_temp"),
-    Spec("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C). NVML TemperatureV.",
-         "gpu_temp"),
-    Spec("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W). NVML PowerUsage.", "power_mw",
-         _watts),
-    Spec("DCGM_FI_DEV_GPU_UTIL", "gauge",
-         "GPU utilization (in %): share of time a kernel was resident, not how busy the SMs are. "
-         "NVML UtilizationRates.", "gpu_util"),
-    Spec("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory utilization (in %). NVML UtilizationRates.",
-         "mem_copy_util"),
-    Spec("DCGM_FI_DEV_ENC_UTIL", "gauge", "Encoder utilization (in %).", "enc_util"),
-    Spec("DCGM_FI_DEV_DEC_UTIL", "gauge", "Decoder utilization (in %).", "dec_util"),
-    Spec("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB). NVML MemoryInfo v2.",
-         "fb_free", _mib),
-    Spec("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB). NVML MemoryInfo v2.",
-         "fb_used", _mib),
-    Spec("DCGM_FI_DEV_FB_RESERVED", "gauge",
-         "Framebuffer memory reserved by the driver (in MiB). NVML MemoryInfo v2.",
-         "fb_reserved", _mib),
-    Spec("DCGM_FI_DEV_FB_TOTAL", "gauge", "Framebuffer memory total (in MiB). NVML MemoryInfo v2.",
-         "fb_total", _mib),
-    Spec("DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "gauge",
-         "Power limit the driver enforces (in W). NVML EnforcedPowerLimit.", "power_limit_mw",
-         _watts),
-    Spec("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "gauge",
-         "Bitmask of reasons holding clocks down (nvmlClocksEventReason*). "
-         "See kvscope_gpu_clock_event_active for one series per reason.", "clock_events"),
-    Spec("DCGM_FI_DEV_PCIE_LINK_GEN", "gauge", "Current PCIe link generation.", "pcie_link_gen"),
-    Spec("DCGM_FI_DEV_PCIE_LINK_WIDTH", "gauge", "Current PCIe link width (lanes).",
-         "pcie_link_width"),
-    Spec("DCGM_FI_DEV_PCIE_MAX_LINK_GEN", "gauge", "Maximum PCIe link generation of the GPU.",
-         "pcie_max_link_gen"),
-    Spec("DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH", "gauge", "Maximum PCIe link width of the GPU (lanes).",
-         "pcie_max_link_width"),
-    Spec("kvscope_gpu_compute_processes", "gauge",
-         "Compute processes holding a context on the GPU. NVML ComputeRunningProcesses.",
-         "compute_processes"),
+# Families in exposition order; a str is a DCGM reading key looked up in the compat table.
+FAST_ORDER: tuple[str | Spec, ...] = (
+    "sm_clock", "mem_clock", "memory_temp", "gpu_temp", "power_mw", "gpu_util", "mem_copy_util",
+    "enc_util", "dec_util", "fb_free", "fb_used", "fb_reserved", "fb_total", "power_limit_mw",
+    "clock_events", "pcie_link_gen", "pcie_link_width", "pcie_max_link_gen",
+    "pcie_max_link_width",
+    _kvscope("kvscope_gpu_compute_processes",
+             "Compute processes holding a context on the GPU. NVML ComputeRunningProcesses.",
+             "compute_processes"),
     # Hopper+ profiling ratios from NVML GPM, one fast poll apart (dcgm-exporter needs DCGM's
     # profiling module for these). They tell a busy GPU from one that merely has a kernel resident.
-    Spec("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge",
-         "Ratio of time the graphics engine was active (0-1). NVML GPM GRAPHICS_UTIL.",
-         "gpm_graphics_util", _ratio),
-    Spec("DCGM_FI_PROF_SM_ACTIVE", "gauge",
-         "Ratio of cycles an SM had at least one warp assigned (0-1). NVML GPM SM_UTIL.",
-         "gpm_sm_util", _ratio),
-    Spec("DCGM_FI_PROF_SM_OCCUPANCY", "gauge",
-         "Ratio of resident warps to the SM maximum (0-1). NVML GPM SM_OCCUPANCY.",
-         "gpm_sm_occupancy", _ratio),
-    Spec("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "gauge",
-         "Ratio of cycles a tensor pipe was active (0-1). NVML GPM ANY_TENSOR_UTIL.",
-         "gpm_any_tensor_util", _ratio),
-    Spec("DCGM_FI_PROF_DRAM_ACTIVE", "gauge",
-         "Ratio of cycles the memory interface was busy (0-1). NVML GPM DRAM_BW_UTIL.",
-         "gpm_dram_bw_util", _ratio),
-    Spec("DCGM_FI_PROF_PCIE_TX_BYTES", "gauge",
-         "PCIe transmit rate (bytes/s) averaged over one fast poll. NVML GPM PCIE_TX_PER_SEC.",
-         "gpm_pcie_tx_mibps", _mib_to_bytes),
-    Spec("DCGM_FI_PROF_PCIE_RX_BYTES", "gauge",
-         "PCIe receive rate (bytes/s) averaged over one fast poll. NVML GPM PCIE_RX_PER_SEC.",
-         "gpm_pcie_rx_mibps", _mib_to_bytes),
+    "gpm_graphics_util", "gpm_sm_util", "gpm_sm_occupancy", "gpm_any_tensor_util",
+    "gpm_dram_bw_util", "gpm_pcie_tx_mibps", "gpm_pcie_rx_mibps",
 )
 
-SLOW_SPECS: tuple[Spec, ...] = (
-    Spec("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter",
-         "Total energy consumption since the driver was last loaded (in mJ). NVML "
-         "TotalEnergyConsumption, read on the slow tier (3-15 ms per GPU).", "energy_mj"),
-    Spec("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "counter", "Total number of PCIe retries.",
-         "pcie_replay"),
-    Spec("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "counter",
-         "Number of remapped rows for correctable errors.", "remapped_correctable"),
-    Spec("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "counter",
-         "Number of remapped rows for uncorrectable errors.", "remapped_uncorrectable"),
-    Spec("DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge",
-         "Whether remapping of rows has failed (1: the GPU needs service).", "remap_failure"),
-    Spec("kvscope_gpu_row_remap_pending", "gauge",
-         "1 when a row remap waits for the next GPU reset to take effect.", "remap_pending"),
-    Spec("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "counter",
-         "Single-bit (corrected) ECC errors since the last driver load.", "ecc_sbe_volatile"),
-    Spec("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "counter",
-         "Double-bit (uncorrected) ECC errors since the last driver load.", "ecc_dbe_volatile"),
-    Spec("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "counter",
-         "Single-bit (corrected) ECC errors over the GPU's lifetime.", "ecc_sbe_aggregate"),
-    Spec("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "counter",
-         "Double-bit (uncorrected) ECC errors over the GPU's lifetime.", "ecc_dbe_aggregate"),
+SLOW_ORDER: tuple[str | Spec, ...] = (
+    "energy_mj", "pcie_replay", "remapped_correctable", "remapped_uncorrectable", "remap_failure",
+    _kvscope("kvscope_gpu_row_remap_pending",
+             "1 when a row remap waits for the next GPU reset to take effect.", "remap_pending"),
+    "ecc_sbe_volatile", "ecc_dbe_volatile", "ecc_sbe_aggregate", "ecc_dbe_aggregate",
+    "vgpu_license",
 )
+
+
+def specs(order: Sequence[str | Spec], compat: Compat) -> tuple[Spec, ...]:
+    return tuple(dcgm_spec(item, compat) if isinstance(item, str) else item for item in order)
+
+
+# What NVML gives per GPU instance: the instance's framebuffer, and GPM on Hopper and newer.
+# PCIe rates are the whole GPU's ("no physical meaning for MIG", DCGM returns N/A for them).
+PER_INSTANCE_KEYS = frozenset({
+    "fb_free", "fb_used", "fb_reserved", "fb_total", "gpm_graphics_util", "gpm_sm_util",
+    "gpm_sm_occupancy", "gpm_any_tensor_util", "gpm_dram_bw_util"})
+
+FAST_SPECS = specs(FAST_ORDER, DEFAULT_COMPAT)
+SLOW_SPECS = specs(SLOW_ORDER, DEFAULT_COMPAT)
 
 # nvmlClocksEventReason bits, named as dcgm-exporter's clock_event label does.
 CLOCK_EVENT_REASONS: Mapping[int, str] = {
@@ -179,6 +124,10 @@ class GpuCollector(Collector):
         self._nvml_errors: Counter[tuple[int, str, str]] = Counter()
         self._xid_counts: Counter[tuple[int, int]] = Counter()  # (gpu index, xid)
         self._last_xid: dict[int, int] = {}
+        self._compat: Compat = ctx.config.dcgm.compat
+        self._told_no_gpm: set[str] = set()
+        self._fast_specs = specs(FAST_ORDER, self._compat)
+        self._slow_specs = specs(SLOW_ORDER, self._compat)
 
     def schedules(self) -> dict[Tier, Schedule]:
         c = self._cfg.cadence
@@ -220,15 +169,20 @@ class GpuCollector(Collector):
                 raise CollectorError(
                     "no_gpus", "NVML sees no GPU, so no GPU metrics; give the agent every GPU "
                     "(NVIDIA_VISIBLE_DEVICES=all, and no nvidia.com/gpu resource request)")
-            readings = await pool.run(source.read, FAST_READERS, with_gpm=self._cfg.gpm)
-            return self._fast_families(readings)
+            readings, migs = await pool.run(self._read_fast, source)
+            return self._fast_families(readings, migs)
         if tier is Tier.SLOW:
             readings = await pool.run(source.read, SLOW_READERS)
-            return self._value_families(readings, SLOW_SPECS)
+            return self._value_families(readings, self._slow_specs)
         wait_ms = 0 if self._ctx.oneshot else int(self._cfg.xid_wait * 1000)
         events = await pool.run(source.wait_xid, wait_ms)
         self._count_xids(events)
         return self._xid_families()
+
+    def _read_fast(self, source: NvmlSource) -> tuple[list[GpuReading], list[MigReading]]:
+        """Blocking: the whole GPUs, then the GPU instances of MIG-enabled ones."""
+        readings = source.read(FAST_READERS, with_gpm=self._cfg.gpm)
+        return readings, source.read_mig(with_gpm=self._cfg.gpm)
 
     async def _poll_static(self, pool: BlockingPool) -> Sequence[Metric]:
         if self._source is None:
@@ -244,11 +198,21 @@ class GpuCollector(Collector):
         except NvmlUnavailable as exc:
             return self._mark_unavailable(str(exc))
         self._unavailable = None
+        self._say_without_gpm(inventory.without_gpm)
         self._identities = inventory.gpus
         self._driver = inventory.driver_version
         nvml = gauge("kvscope_gpu_nvml_available",
                      "1 when NVML loaded; 0 means no GPU driver or library on this node.")
         return non_empty(nvml.add({}, 1), self._mig_family())
+
+    def _say_without_gpm(self, gpus: Sequence[GpuIdentity]) -> None:
+        """Once per GPU: a pre-Hopper GPU has no GPM, so no DCGM_FI_PROF_* (README: GPU)."""
+        for gpu in gpus:
+            if gpu.uuid not in self._told_no_gpm:
+                self._told_no_gpm.add(gpu.uuid)
+                log.info("GPU %d (%s): no NVML GPM (Hopper and newer only), so no DCGM_FI_PROF_* "
+                         "series; DCGM's profiling module provides them on this GPU", gpu.index,
+                         gpu.name)
 
     def _mark_unavailable(self, why: str) -> list[Metric]:
         if self._unavailable is None:
@@ -266,44 +230,61 @@ class GpuCollector(Collector):
 
     # ---- labels --------------------------------------------------------------------------
 
-    def _labels(self, gpu: GpuIdentity) -> dict[str, str]:
-        labels = {"gpu": str(gpu.index), "UUID": gpu.uuid, "pci_bus_id": gpu.pci_bus_id,
-                  "device": f"nvidia{gpu.minor}", "modelName": gpu.name,
-                  self._ctx.config.hostname_label: self._ctx.config.node_name}
-        if self._ctx.config.driver_version_label:
-            labels["DCGM_FI_DRIVER_VERSION"] = self._driver
-        pod = self._ctx.gpu_pods.get(gpu.uuid)
-        if pod:
-            labels.update(pod)
-        return labels
+    def _labels(self, gpu: GpuIdentity, *, dcgm: bool = False) -> dict[str, str]:
+        """kvscope_* identity labels, or with `dcgm` those of the selected dcgm-exporter
+        release (the same under the default compat)."""
+        return gpu_identity_labels(self._ctx.config, gpu, self._driver,
+                                   self._ctx.gpu_pods.get(gpu.uuid), dcgm=dcgm)
 
     # ---- families ------------------------------------------------------------------------
 
+    def _instance_labels(self, instance: MigInstance) -> dict[str, str]:
+        """dcgm-exporter's labels of a GPU-instance series: the parent GPU's identity, then
+        GPU_I_PROFILE and GPU_I_ID; the pod is the one holding this MIG device (kubelet device
+        id MIG-<uuid>, or MIG-GPU-<parent uuid>/<gi>/<ci> from old drivers)."""
+        pods = self._ctx.gpu_pods
+        pod = pods.get(instance.uuid) or pods.get(
+            f"{instance.parent.uuid}/{instance.gpu_instance_id}")
+        labels = gpu_identity_labels(self._ctx.config, instance.parent, self._driver, pod,
+                                     dcgm=True)
+        labels["GPU_I_PROFILE"] = instance.profile
+        labels["GPU_I_ID"] = str(instance.gpu_instance_id)
+        return labels
+
     def _mig_family(self) -> Family:
         mig = gauge("kvscope_gpu_mig_enabled",
-                    "1 when MIG mode is on: per-instance metrics are not exported yet, and "
-                    "DCGM_FI_DEV_GPU_UTIL is absent on MIG GPUs.")
+                    "1 when MIG mode is on: framebuffer and DCGM_FI_PROF_* series are then per "
+                    "GPU instance (GPU_I_PROFILE, GPU_I_ID), and DCGM_FI_DEV_GPU_UTIL is absent.")
         for gpu in self._identities:
             if gpu.mig_enabled is not None:
                 mig.add(self._labels(gpu), int(gpu.mig_enabled))
         return mig
 
-    def _value_families(self, readings: Sequence[GpuReading],
-                        specs: Sequence[Spec]) -> list[Metric]:
+    def _value_families(self, readings: Sequence[GpuReading], specs: Sequence[Spec],
+                        migs: Sequence[MigReading] = ()) -> list[Metric]:
         families = {s.name: Family(s.name, s.help, s.kind) for s in specs}
         for reading in readings:
             if reading.lost:
                 continue
-            labels = self._labels(reading.gpu)
+            labels = {True: self._labels(reading.gpu, dcgm=True),
+                      False: self._labels(reading.gpu)}
             for spec in specs:
                 value = reading.values.get(spec.key)
-                if value is not None:
-                    families[spec.name].add(labels, spec.scale(value))
+                if value is None or (reading.gpu.mig_enabled and spec.key in PER_INSTANCE_KEYS):
+                    continue  # with MIG on, these are the instances' series below
+                families[spec.name].add(labels[spec.dcgm], spec.scale(value))
+        for mig in migs:
+            instance_labels = self._instance_labels(mig.instance)
+            for spec in specs:
+                value = mig.values.get(spec.key)
+                if value is not None and spec.key in PER_INSTANCE_KEYS:
+                    families[spec.name].add(instance_labels, spec.scale(value))
             for call, error in reading.errors:
                 self._nvml_errors[(reading.gpu.index, call, error)] += 1
         return non_empty(*families.values())
 
-    def _fast_families(self, readings: Sequence[GpuReading]) -> list[Metric]:
+    def _fast_families(self, readings: Sequence[GpuReading],
+                       migs: Sequence[MigReading] = ()) -> list[Metric]:
         up = gauge("kvscope_gpu_up",
                    "1 when NVML answers for this GPU; 0 when it is lost (e.g. XID 79, fallen off "
                    "the bus). The other GPUs keep exporting.")
@@ -317,7 +298,7 @@ class GpuCollector(Collector):
             if mask is not None:
                 for bit, reason in CLOCK_EVENT_REASONS.items():
                     events.add({**labels, "reason": reason}, 1 if int(mask) & bit else 0)
-        families = self._value_families(readings, FAST_SPECS)
+        families = self._value_families(readings, self._fast_specs, migs)
         errors = counter("kvscope_gpu_nvml_errors_total",
                          "NVML calls that failed with an error other than NOT_SUPPORTED.")
         for (index, call, error), n in sorted(self._nvml_errors.items()):
@@ -332,16 +313,15 @@ class GpuCollector(Collector):
             log.warning("XID %d on GPU %s: %s", event.xid, index, describe_xid(event.xid))
 
     def _xid_families(self) -> list[Metric]:
-        last = gauge("DCGM_FI_DEV_XID_ERRORS",
-                     "Value of the last XID error encountered (0: none since the agent started). "
-                     "Never resets: use kvscope_gpu_xid_errors_total for rates and alerts.")
+        spec = dcgm_spec("xid", self._compat)
+        last = gauge(spec.name, spec.help)
         total = counter("kvscope_gpu_xid_errors_total",
                         "XID errors by code, counted from the NVML event set.")
         by_index = {g.index: g for g in self._identities}
         for gpu in self._identities:
             xid = self._last_xid.get(gpu.index, 0)
-            last.add({**self._labels(gpu), "err_code": str(xid), "err_msg": describe_xid(xid)},
-                     xid)
+            last.add({**self._labels(gpu, dcgm=True), "err_code": str(xid),
+                      "err_msg": dcgm_err_msg(xid)}, xid)
         for (index, xid), n in sorted(self._xid_counts.items()):
             gpu_identity = by_index.get(index)
             labels = self._labels(gpu_identity) if gpu_identity else {"gpu": "unknown"}

@@ -8,7 +8,8 @@ and 18 x 2 series per GPU.
 `DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL` is computed as dcgm-exporter 4.x does (DCGM's
 ReadAndCacheNvLinkBandwidth): the change of TX+RX KiB summed over all links between two fast
 polls, divided by the seconds between them and by 1000, as an integer; 0 on the first poll. It is
-a rate between polls, typed gauge (dcgm-exporter <= 4.8.2 wrongly typed it counter), and its
+a rate between polls; its name, unit and type follow `dcgm.compat` (dcgm-exporter <= 4.8.2 types
+it counter, 4.8.3 and later gauge; 4.9 renames it to bytes/s, see kvscope.dcgm_compat), and its
 value depends on the fast cadence. Use rate(kvscope_nvlink_transmit_bytes_total[...]) instead
 for anything new.
 """
@@ -22,8 +23,10 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from kvscope.collectors.labels import gpu_identity_labels, hostname_key
 from kvscope.context import NodeContext
-from kvscope.families import counter, gauge, info, non_empty
+from kvscope.dcgm_compat import field as dcgm_field
+from kvscope.families import Family, counter, gauge, info, non_empty
 from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
 from kvscope.sources.nvml import GpuIdentity, NvmlUnavailable
 from kvscope.sources.nvml_links import (
@@ -39,23 +42,17 @@ log = logging.getLogger(__name__)
 KIB = 1024
 
 
-def dcgm_labels(ctx: NodeContext, gpu: GpuIdentity, driver: str) -> dict[str, str]:
-    """The label set of dcgm-exporter's GPU series (same as the GPU collector's)."""
-    labels = {"gpu": str(gpu.index), "UUID": gpu.uuid, "pci_bus_id": gpu.pci_bus_id,
-              "device": f"nvidia{gpu.minor}", "modelName": gpu.name,
-              ctx.config.hostname_label: ctx.config.node_name}
-    if ctx.config.driver_version_label:
-        labels["DCGM_FI_DRIVER_VERSION"] = driver
-    pod = ctx.gpu_pods.get(gpu.uuid)
-    if pod:
-        labels.update(pod)
-    return labels
+def dcgm_labels(ctx: NodeContext, gpu: GpuIdentity, driver: str, *,
+                dcgm: bool = False) -> dict[str, str]:
+    """The label set of dcgm-exporter's GPU series (same as the GPU collector's); with `dcgm`
+    the keys of the selected dcgm-exporter release (collectors/labels.py)."""
+    return gpu_identity_labels(ctx.config, gpu, driver, ctx.gpu_pods.get(gpu.uuid), dcgm=dcgm)
 
 
 def gpu_labels(ctx: NodeContext, gpu: GpuIdentity) -> dict[str, str]:
     """Compact identity for kvscope_* per-GPU and per-link families."""
     return {"gpu": str(gpu.index), "UUID": gpu.uuid,
-            ctx.config.hostname_label: ctx.config.node_name}
+            hostname_key(ctx.config, dcgm=False): ctx.config.node_name}
 
 
 class NvlinkCollector(Collector):
@@ -168,9 +165,10 @@ class NvlinkCollector(Collector):
         rx = counter("kvscope_nvlink_receive_bytes_total",
                      "Data bytes the GPU received over all its NVLinks. NVML field 139 "
                      "(THROUGHPUT_DATA_RX, KiB) read with scopeId 0xFFFFFFFF (all links).")
-        bandwidth = gauge("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL",
-                          "Total NVLink bandwidth of all links (dcgm-exporter's formula: change "
-                          "of TX+RX KiB between two polls / seconds / 1000; 0 on the first).")
+        compat = self._ctx.config.dcgm.compat
+        entry = dcgm_field("nvlink_bandwidth")
+        naming = entry.naming(compat)
+        bandwidth = Family(naming.name, entry.help_for(compat), naming.kind)
         link_tx = counter("kvscope_nvlink_link_transmit_bytes_total",
                           "Data bytes sent over one NVLink. NVML field 138 with the link as "
                           "scope (collectors.nvlink.per_link_bytes).")
@@ -186,8 +184,10 @@ class NvlinkCollector(Collector):
             if reading.rx_bytes is not None:
                 rx.add(dcgm, reading.rx_bytes)
             if reading.tx_bytes is not None and reading.rx_bytes is not None:
-                bandwidth.add(dcgm, self._bandwidth(gpu.uuid, now,
-                                                    (reading.tx_bytes + reading.rx_bytes) / KIB))
+                kib_per_s = self._bandwidth(gpu.uuid, now,
+                                            (reading.tx_bytes + reading.rx_bytes) / KIB)
+                bandwidth.add(dcgm_labels(self._ctx, gpu, self._driver, dcgm=True),
+                              entry.convert(compat, kib_per_s))
             labels = gpu_labels(self._ctx, gpu)
             for link, (ltx, lrx) in sorted(reading.per_link.items()):
                 if ltx is not None:
@@ -201,12 +201,13 @@ class NvlinkCollector(Collector):
             errors.add({"gpu": str(index), "read": what, "error": error}, n)
         return non_empty(up, active, tx, rx, bandwidth, link_tx, link_rx, errors)
 
-    def _bandwidth(self, uuid: str, now: float, kib: float) -> int:
+    def _bandwidth(self, uuid: str, now: float, kib: float) -> float:
+        """KiB/s of TX+RX since the previous poll; the compat table turns it into MB/s or B/s."""
         previous = self._previous.get(uuid)
         self._previous[uuid] = (now, kib)
         if previous is None or now <= previous[0] or kib < previous[1]:
-            return 0  # first sample, or the counters reset (driver reload): DCGM says 0 too
-        return int((kib - previous[1]) / (now - previous[0]) / 1000)
+            return 0.0  # first sample, or the counters reset (driver reload): DCGM says 0 too
+        return (kib - previous[1]) / (now - previous[0])
 
     def _error_families(self, readings: Sequence[LinkErrors]) -> list[Metric]:
         errors = counter("kvscope_nvlink_errors_total",

@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from kvscope.collectors.labels import mig_device_pods
 from kvscope.collectors.nvlink import gpu_labels
 from kvscope.context import NodeContext
 from kvscope.families import Family, gauge, info, non_empty
@@ -293,7 +294,8 @@ class TopologyCollector(Collector):
         finally:
             # Whatever the API says, the kubelet's answer labels the GPU series.
             plain = gpu_containers(allocation, None, gpus, self._ctx.config.pd)
-            self._ctx.gpu_pods = gpu_pod_labels(plain, gpus)
+            # MIG devices (MIG-<uuid>) label the GPU-instance series (collectors/labels.py).
+            self._ctx.gpu_pods = {**gpu_pod_labels(plain, gpus), **mig_device_pods(devices)}
         self.containers = gpu_containers(allocation, metas, gpus, self._ctx.config.pd)
         p2p = {(p.a, p.b): p.nvlink_p2p for p in self._pairs if p.nvlink_p2p is not None}
         self.pairs = pd_pairs(self.containers, self._ctx.topology, p2p)

@@ -169,11 +169,13 @@ async def report(snap: Snapshot) -> tuple[str, int]:
 
 
 def _node_from(snap: Snapshot) -> str:
-    """The node a remote agent runs on: the dcgm-exporter `Hostname` label of its GPU series."""
-    for name in ("kvscope_gpu_up", "DCGM_FI_DEV_GPU_UTIL"):
+    """The node a remote agent runs on: the dcgm-exporter `Hostname` label of its GPU series
+    (`hostname` from dcgm-exporter 4.8.3, see dcgm.compat)."""
+    for name in ("kvscope_gpu_up", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_UTIL_RATIO"):
         for labels, _ in snap.samples(name):
-            if labels.get("Hostname"):
-                return labels["Hostname"]
+            for key in ("Hostname", "hostname"):
+                if labels.get(key):
+                    return labels[key]
     return "(unknown)"
 
 

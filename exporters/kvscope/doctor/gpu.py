@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from kvscope.dcgm_compat import names_in_48_units
 from kvscope.doctor import SECTIONS, Finding, Section, Severity, Snapshot, samples
 
 IMBALANCE_POINTS = 30.0  # busiest minus idlest utilisation, in percentage points
 FB_FULL_RATIO = 0.95
+
+
+def _per_gpu(snap: Snapshot, key: str) -> dict[str, float]:
+    """A DCGM reading per GPU in dcgm-exporter 4.8's unit, whichever generation's name the
+    agent serves (dcgm.compat); MIG instances of a GPU are summed."""
+    for name, factor in names_in_48_units(key):
+        found: dict[str, float] = {}
+        for labels, value in samples(snap, name):
+            found[labels["gpu"]] = found.get(labels["gpu"], 0.0) + value * factor
+        if found:
+            return found
+    return {}
 
 
 async def gpu_section(snap: Snapshot) -> Section:
@@ -16,9 +29,9 @@ async def gpu_section(snap: Snapshot) -> Section:
         section.lines.append("no GPUs found" + (" (NVML not available)" if available == [0.0]
                                                 else ""))
         return section
-    util = {labels["gpu"]: v for labels, v in samples(snap, "DCGM_FI_DEV_GPU_UTIL")}
-    used = {labels["gpu"]: v for labels, v in samples(snap, "DCGM_FI_DEV_FB_USED")}
-    free = {labels["gpu"]: v for labels, v in samples(snap, "DCGM_FI_DEV_FB_FREE")}
+    util = _per_gpu(snap, "gpu_util")
+    used = _per_gpu(snap, "fb_used")
+    free = _per_gpu(snap, "fb_free")
     section.lines.append(f"{'GPU':<4} {'model':<24} {'util%':>6} {'FB used':>12}  state")
     for gpu in sorted(up, key=int):
         labels, is_up = up[gpu]

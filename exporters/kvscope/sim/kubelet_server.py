@@ -29,6 +29,9 @@ def list_reply(node: SimNode, extra_pods: int = 0) -> Any:
         if pod.gpus:
             devices = container.devices.add(resource_name=GPU_RESOURCE)
             devices.device_ids.extend(node.gpus[i].uuid for i in pod.gpus if i < len(node.gpus))
+        if pod.mig_devices:
+            migs = container.devices.add(resource_name=pod.mig_resource)
+            migs.device_ids.extend(pod.mig_devices)
     for n in range(extra_pods):
         # CPU-only pods as a busy node has hundreds of: no devices, a few exclusive CPUs.
         item = reply.pod_resources.add(name=f"batch-job-{n:06d}-{'x' * 40}", namespace="batch")

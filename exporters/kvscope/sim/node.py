@@ -23,6 +23,20 @@ MIB = 1024 * 1024
 
 
 @dataclass
+class SimMig:
+    """One GPU instance (with one compute instance) of a MIG-enabled simulated GPU."""
+
+    gpu_instance_id: int
+    profile: str  # e.g. 1g.18gb
+    profile_id: int  # NVML profile id (1g.18gb on H200: 19)
+    memory_mib: int  # NVML memorySizeMB of the profile
+    uuid: str
+    load: float = 1.0  # the instance's share of the parent's utilisation wave
+    fb_used_ratio: float = 0.5
+    compute_instance_id: int = 0
+
+
+@dataclass
 class SimGpu:
     index: int
     uuid: str
@@ -48,6 +62,8 @@ class SimGpu:
     ecc_dbe: int = 0
     processes: int = 1
     energy_at_start_mj: int = 0
+    vgpu_licensed: bool | None = None  # None: not a vGPU guest (NVML: NOT_SUPPORTED)
+    mig_instances: list[SimMig] = field(default_factory=list)  # non-empty: MIG mode on
 
     @property
     def phase(self) -> float:
@@ -87,6 +103,8 @@ class SimPod:
     host_ipc: bool = False
     pod_ip: str = "127.0.0.1"
     uid: str = ""
+    mig_resource: str = ""  # e.g. nvidia.com/mig-1g.18gb (mixed strategy)
+    mig_devices: tuple[str, ...] = ()  # MIG-<uuid> device ids the device plugin allocated
 
 
 @dataclass

@@ -21,12 +21,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from pynvml import NVMLError
 
-from kvscope.sim.node import SimGpu, SimNode
+from kvscope.sim.node import MIB, SimGpu, SimMig, SimNode
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 NOT_SUPPORTED = 3
+NOT_FOUND = 6
 TIMEOUT = 10
 LIBRARY_NOT_FOUND = 12
 GPU_IS_LOST = 15
@@ -63,12 +64,30 @@ DEFAULT_LATENCY = (2e-6, 4e-6)
 SPIN_BELOW = 200e-6  # shorter waits spin (an ioctl costs CPU), longer ones sleep
 
 
+# Marketing names of Hopper and newer data-centre GPUs, the ones NVML GPM supports.
+GPM_GENERATIONS = ("H100", "H200", "H20", "H800", "GH200", "B100", "B200", "GB200", "B300")
+
+
+def gpm_supported(name: str) -> bool:
+    return any(token in GPM_GENERATIONS for token in name.replace("-", " ").split())
+
+
 @dataclass
 class SimHandle:
     gpu: SimGpu
 
     def __hash__(self) -> int:
         return hash(self.gpu.uuid)
+
+
+@dataclass
+class SimMigHandle(SimHandle):
+    """A MIG device handle: the GPU instance `mig` of `gpu`."""
+
+    mig: SimMig | None = None
+
+    def __hash__(self) -> int:
+        return hash((self.gpu.uuid, self.mig.uuid if self.mig else ""))
 
 
 @dataclass
@@ -195,7 +214,61 @@ class FakeNvml:
 
     @_nvml_call
     def nvmlDeviceGetMigMode(self, h: SimHandle) -> list[int]:
-        return [0, 0]
+        on = int(bool(h.gpu.mig_instances))
+        return [on, on]
+
+    # ---- MIG ---------------------------------------------------------------------------
+
+    @_nvml_call
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: SimHandle) -> int:
+        return 7 if h.gpu.mig_instances else 0
+
+    @_nvml_call
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: SimHandle, index: int) -> SimMigHandle:
+        if index >= len(h.gpu.mig_instances):
+            raise NVMLError(NOT_FOUND)
+        return SimMigHandle(h.gpu, h.gpu.mig_instances[index])
+
+    @staticmethod
+    def _mig(h: SimHandle) -> SimMig:
+        if not isinstance(h, SimMigHandle) or h.mig is None:
+            raise NVMLError(INVALID_ARGUMENT)  # a whole-GPU handle
+        return h.mig
+
+    @_nvml_call
+    def nvmlDeviceGetGpuInstanceId(self, h: SimHandle) -> int:
+        return self._mig(h).gpu_instance_id
+
+    @_nvml_call
+    def nvmlDeviceGetComputeInstanceId(self, h: SimHandle) -> int:
+        return self._mig(h).compute_instance_id
+
+    def _instance(self, h: SimHandle, gpu_instance_id: int) -> SimMig:
+        for mig in h.gpu.mig_instances:
+            if mig.gpu_instance_id == gpu_instance_id:
+                return mig
+        raise NVMLError(NOT_FOUND)
+
+    @_nvml_call
+    def nvmlDeviceGetGpuInstanceById(self, h: SimHandle, gpu_instance_id: int) -> SimMigHandle:
+        return SimMigHandle(h.gpu, self._instance(h, gpu_instance_id))
+
+    @_nvml_call
+    def nvmlGpuInstanceGetInfo(self, gi: SimMigHandle) -> SimpleNamespace:
+        mig = self._mig(gi)
+        return SimpleNamespace(id=mig.gpu_instance_id, profileId=mig.profile_id)
+
+    @_nvml_call
+    def nvmlDeviceGetGpuInstanceProfileInfoById(self, h: SimHandle,
+                                                profile_id: int) -> SimpleNamespace:
+        for mig in h.gpu.mig_instances:
+            if mig.profile_id == profile_id:
+                return SimpleNamespace(id=profile_id, name=f"MIG {mig.profile}".encode(),
+                                       memorySizeMB=mig.memory_mib)
+        raise NVMLError(NOT_SUPPORTED)
+
+    def mig_util(self, gpu: SimGpu, mig: SimMig) -> float:
+        return max(0.0, min(100.0, self.node.util(gpu) * mig.load))
 
     @_nvml_call
     def nvmlDeviceGetMinorNumber(self, h: SimHandle) -> int:
@@ -203,6 +276,8 @@ class FakeNvml:
 
     @_nvml_call
     def nvmlDeviceGetUUID(self, h: SimHandle) -> str:
+        if isinstance(h, SimMigHandle) and h.mig is not None:
+            return h.mig.uuid
         return h.gpu.uuid
 
     @_nvml_call
@@ -217,6 +292,8 @@ class FakeNvml:
 
     @_nvml_call
     def nvmlDeviceGetUtilizationRates(self, h: SimHandle) -> SimpleNamespace:
+        if h.gpu.mig_instances:
+            raise NVMLError(NOT_SUPPORTED)  # NVML has no utilisation counter on MIG GPUs
         util = self.node.util(h.gpu)
         return SimpleNamespace(gpu=round(util), memory=round(util * 0.55))
 
@@ -250,6 +327,11 @@ class FakeNvml:
 
     @_nvml_call
     def nvmlDeviceGetMemoryInfo(self, h: SimHandle, version: int | None = None) -> SimpleNamespace:
+        if isinstance(h, SimMigHandle) and h.mig is not None:
+            total = h.mig.memory_mib * MIB
+            reserved = 0  # the driver's reservation sits outside the instances
+            used = int(total * h.mig.fb_used_ratio) // MIB * MIB
+            return SimpleNamespace(total=total, reserved=reserved, used=used, free=total - used)
         total, reserved, used, free = self.node.memory_bytes(h.gpu)
         if version is None:  # v1 folds the reserved memory into "used"
             return SimpleNamespace(total=total, used=used + reserved, free=free)
@@ -460,7 +542,18 @@ class FakeNvml:
 
     @_nvml_call
     def nvmlGpmQueryDeviceSupport(self, h: SimHandle) -> SimpleNamespace:
-        return SimpleNamespace(isSupportedDevice=1)
+        # Real NVML answers 0 below Hopper: an L40S (Ada) or A100 (Ampere) has no GPM, so
+        # without DCGM's profiling module it gets no DCGM_FI_PROF_* at all.
+        return SimpleNamespace(isSupportedDevice=int(gpm_supported(h.gpu.name)))
+
+    @_nvml_call
+    def nvmlDeviceGetGridLicensableFeatures(self, h: SimHandle) -> SimpleNamespace:
+        licensed = h.gpu.vgpu_licensed
+        if licensed is None:
+            raise NVMLError(NOT_SUPPORTED)  # bare metal: the simulated H100/H200 are no vGPU
+        feature = SimpleNamespace(featureCode=1, featureState=int(licensed))
+        return SimpleNamespace(isGridLicenseSupported=1, licensableFeaturesCount=1,
+                               gridLicensableFeatures=[feature])
 
     @_nvml_call
     def nvmlGpmSampleAlloc(self) -> _GpmSample:
@@ -477,9 +570,20 @@ class FakeNvml:
         return sample
 
     @_nvml_call
+    def nvmlGpmMigSampleGet(self, h: SimHandle, gpu_instance_id: int,
+                            sample: _GpmSample) -> _GpmSample:
+        self._instance(h, gpu_instance_id)
+        sample.taken_at = self.node.elapsed()
+        sample.gpu = h.gpu  # type: ignore[attr-defined]
+        sample.gpu_instance_id = gpu_instance_id  # type: ignore[attr-defined]
+        return sample
+
+    @_nvml_call
     def nvmlGpmMetricsGet(self, request: FakeGpmMetricsGet) -> FakeGpmMetricsGet:
         gpu: SimGpu = request.sample2.gpu
-        util = self.node.util(gpu)
+        gi = getattr(request.sample2, "gpu_instance_id", None)
+        util = self.node.util(gpu) if gi is None else self.mig_util(
+            gpu, self._instance(SimHandle(gpu), gi))
         # Ratios of a busy inference GPU: SM activity trails the utilisation counter.
         model = {1: util * 0.95, 2: util * 0.82, 3: util * 0.30, 5: util * 0.55, 10: util * 0.48,
                  # PCIe MiB/s: prefill ranks pull weights and inputs, decode ranks far less.

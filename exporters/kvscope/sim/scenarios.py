@@ -130,6 +130,7 @@ SUBSYSTEM_MODULES: list[str] = [
     "kvscope.sim.rdma",
     "kvscope.sim.engines",
     "kvscope.sim.incidents",
+    "kvscope.sim.mig",
 ]
 
 

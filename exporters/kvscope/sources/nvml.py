@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # NVML return codes (nvml.h); literal so the module works without pynvml installed.
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
@@ -87,9 +88,29 @@ class GpuIdentity:
 
 
 @dataclass(frozen=True)
+class MigInstance:
+    """One GPU instance of a MIG-enabled GPU, as dcgm-exporter labels it (GPU_I_PROFILE,
+    GPU_I_ID); `uuid` is the MIG device the kubelet hands out (MIG-<uuid>)."""
+
+    parent: GpuIdentity
+    gpu_instance_id: int
+    compute_instance_id: int
+    profile: str  # e.g. 1g.18gb
+    uuid: str
+
+
+@dataclass(frozen=True)
 class Inventory:
     driver_version: str
     gpus: tuple[GpuIdentity, ...]
+    mig_instances: tuple[MigInstance, ...] = ()
+    without_gpm: tuple[GpuIdentity, ...] = ()  # GPM asked for, NVML says unsupported (pre-Hopper)
+
+
+@dataclass(frozen=True)
+class MigReading:
+    instance: MigInstance
+    values: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -178,6 +199,25 @@ def _pcie_link(lib: Any, h: Any) -> dict[str, float]:
             "pcie_max_link_width": lib.nvmlDeviceGetMaxPcieLinkWidth(h)}
 
 
+class _NotSupported(Exception):
+    """NOT_SUPPORTED for a call that succeeded but says the feature is absent."""
+
+    value = NVML_ERROR_NOT_SUPPORTED
+
+
+def _vgpu_license(lib: Any, h: Any) -> dict[str, float]:
+    # DCGM's field 526 (vgpu_instance_license_status) is 1 when the vGPU is licensed. Which NVML
+    # call DCGM makes for it is not documented; in a vGPU guest the licensable features say it:
+    # licensed when a feature's state is 1. On bare metal NVML answers NOT_SUPPORTED, or
+    # isGridLicenseSupported 0, and the series stays absent.
+    features = lib.nvmlDeviceGetGridLicensableFeatures(h)
+    if not features.isGridLicenseSupported:
+        raise _NotSupported()
+    count = int(features.licensableFeaturesCount)
+    states = [int(f.featureState) for f in list(features.gridLicensableFeatures)[:count]]
+    return {"vgpu_license": 1.0 if any(state == 1 for state in states) else 0.0}
+
+
 def _energy(lib: Any, h: Any) -> dict[str, float]:
     return {"energy_mj": lib.nvmlDeviceGetTotalEnergyConsumption(h)}
 
@@ -215,7 +255,7 @@ FAST_READERS: Mapping[str, Reader] = {
 # Slow calls: energy 3-15 ms per GPU, PCIe replay 0.18 ms, ECC 4 calls.
 SLOW_READERS: Mapping[str, Reader] = {
     "energy": _energy, "pcie_replay": _pcie_replay, "remapped_rows": _remapped_rows,
-    "ecc": _ecc,
+    "ecc": _ecc, "vgpu_license": _vgpu_license,
 }
 
 
@@ -223,6 +263,14 @@ SLOW_READERS: Mapping[str, Reader] = {
 class _Gpm:
     samples: list[Any]
     taken_at: float | None = None  # monotonic time of samples[0]
+    gpu_instance_id: int | None = None  # set: a MIG GPU instance's window
+
+
+@dataclass
+class _MigDevice:
+    instance: MigInstance
+    handle: Any  # the MIG device handle (framebuffer of its GPU instance)
+    gpm: _Gpm | None = None
 
 
 @dataclass
@@ -231,6 +279,7 @@ class _Device:
     handle: Any
     unsupported: set[str] = field(default_factory=set)
     gpm: _Gpm | None = None
+    migs: list[_MigDevice] = field(default_factory=list)
 
 
 def _unknown_identity(index: int) -> GpuIdentity:
@@ -288,7 +337,11 @@ class NvmlSource:
                 devices.append(previous.get(index) or _Device(_unknown_identity(index), None))
         self._devices = devices
         self._by_handle = {_handle_key(d.handle): d for d in devices if d.handle is not None}
-        self.inventory = Inventory(driver, tuple(d.identity for d in devices))
+        without_gpm = tuple(d.identity for d in devices if self._use_gpm and d.handle is not None
+                            and not d.identity.mig_enabled and d.gpm is None)
+        self.inventory = Inventory(driver, tuple(d.identity for d in devices),
+                                   tuple(m.instance for d in devices for m in d.migs),
+                                   without_gpm)
         try:
             self._register_events()
         except Exception as exc:
@@ -317,17 +370,66 @@ class NvmlSource:
         dev = _Device(identity, h)
         if previous is not None and previous.identity == identity:
             dev.gpm = previous.gpm  # keep the GPM window running across refreshes
-        elif self._use_gpm:
+        elif self._use_gpm and not mig:
             dev.gpm = self._gpm_setup(h)
+        if mig:
+            dev.migs = self._mig_devices(identity, h, previous)
         return dev
 
-    def _gpm_setup(self, h: Any) -> _Gpm | None:
+    # ---- MIG (static tier) ---------------------------------------------------------------
+
+    def _mig_devices(self, parent: GpuIdentity, h: Any,
+                     previous: _Device | None) -> list[_MigDevice]:
+        """One entry per GPU instance (dcgm-exporter's GPU_I entities): the first compute
+        instance's MIG device stands for it, since the framebuffer belongs to the GPU instance
+        and a second compute instance would repeat the same label set."""
+        lib = self.lib
+        known = {m.instance.uuid: m for m in previous.migs} if previous is not None else {}
+        out: list[_MigDevice] = []
+        seen: set[int] = set()
+        for slot in range(lib.nvmlDeviceGetMaxMigDeviceCount(h)):
+            try:
+                mh = lib.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+            except Exception as exc:
+                if nvml_code(exc) == NVML_ERROR_NOT_FOUND:
+                    continue  # an empty slot
+                raise
+            gi = int(lib.nvmlDeviceGetGpuInstanceId(mh))
+            if gi in seen:
+                continue
+            seen.add(gi)
+            instance = MigInstance(parent, gi, int(lib.nvmlDeviceGetComputeInstanceId(mh)),
+                                   self._profile_name(h, gi), _text(lib.nvmlDeviceGetUUID(mh)))
+            mig = _MigDevice(instance, mh)
+            old = known.get(instance.uuid)
+            if old is not None and old.instance == instance:
+                mig.gpm = old.gpm
+            elif self._use_gpm:
+                mig.gpm = self._gpm_setup(h, gi)
+            out.append(mig)
+        return out
+
+    def _profile_name(self, h: Any, gpu_instance_id: int) -> str:
+        lib = self.lib
+        info = lib.nvmlGpuInstanceGetInfo(lib.nvmlDeviceGetGpuInstanceById(h, gpu_instance_id))
+        profile = lib.nvmlDeviceGetGpuInstanceProfileInfoById(h, info.profileId)
+        return _text(profile.name).removeprefix("MIG ")  # "MIG 1g.18gb" -> dcgm's "1g.18gb"
+
+    def _gpm_sample(self, h: Any, gpu_instance_id: int | None, sample: Any) -> None:
+        if gpu_instance_id is None:
+            self.lib.nvmlGpmSampleGet(h, sample)
+        else:
+            self.lib.nvmlGpmMigSampleGet(h, gpu_instance_id, sample)
+
+    def _gpm_setup(self, h: Any, gpu_instance_id: int | None = None) -> _Gpm | None:
+        """GPM windows for a GPU, or with `gpu_instance_id` for one GPU instance of it."""
         lib = self.lib
         try:
             if not lib.nvmlGpmQueryDeviceSupport(h).isSupportedDevice:
                 return None
-            gpm = _Gpm([lib.nvmlGpmSampleAlloc(), lib.nvmlGpmSampleAlloc()])
-            lib.nvmlGpmSampleGet(h, gpm.samples[0])
+            gpm = _Gpm([lib.nvmlGpmSampleAlloc(), lib.nvmlGpmSampleAlloc()],
+                       gpu_instance_id=gpu_instance_id)
+            self._gpm_sample(h, gpu_instance_id, gpm.samples[0])
             gpm.taken_at = self._monotonic()
             return gpm
         except Exception as exc:
@@ -364,7 +466,7 @@ class NvmlSource:
                     errors.append((name, error_name(exc)))
         if with_gpm and dev.gpm is not None:
             try:
-                values.update(self._read_gpm(dev))
+                values.update(self._read_gpm(dev.handle, dev.gpm))
             except Exception as exc:
                 if not is_nvml_error(exc):
                     raise
@@ -373,15 +475,34 @@ class NvmlSource:
                 errors.append(("gpm", error_name(exc)))
         return GpuReading(dev.identity, values, errors=tuple(errors))
 
-    def _read_gpm(self, dev: _Device) -> dict[str, float]:
-        gpm = dev.gpm
-        assert gpm is not None and gpm.taken_at is not None
+    def read_mig(self, *, with_gpm: bool = False) -> list[MigReading]:
+        """Per GPU instance: its framebuffer (NVML MemoryInfo on the MIG device) and, on Hopper
+        and newer, its GPM ratios. A failing instance leaves its series absent."""
+        out: list[MigReading] = []
+        for dev in self._devices:
+            if dev.handle is None:
+                continue
+            for mig in dev.migs:
+                values: dict[str, float] = {}
+                try:
+                    values.update(_memory(self.lib, mig.handle))
+                    if with_gpm and mig.gpm is not None:
+                        values.update(self._read_gpm(dev.handle, mig.gpm))
+                except Exception as exc:
+                    if not is_nvml_error(exc):
+                        raise
+                    log.debug("MIG %s: %s", mig.instance.uuid, exc)
+                out.append(MigReading(mig.instance, values))
+        return out
+
+    def _read_gpm(self, handle: Any, gpm: _Gpm) -> dict[str, float]:
+        assert gpm.taken_at is not None
         now = self._monotonic()
         if now - gpm.taken_at < self._min_gpm_window:
             return {}  # too short a window reads zero on real GPUs: absent, not a false 0
         lib = self.lib
         older, newer = gpm.samples
-        lib.nvmlGpmSampleGet(dev.handle, newer)
+        self._gpm_sample(handle, gpm.gpu_instance_id, newer)
         request = lib.c_nvmlGpmMetricsGet_t()
         request.version = NVML_GPM_METRICS_GET_VERSION
         request.numMetrics = len(GPM_METRICS)
@@ -447,8 +568,8 @@ class NvmlSource:
             if self._event_set is not None:
                 lib.nvmlEventSetFree(self._event_set)
             for dev in self._devices:
-                if dev.gpm is not None:
-                    for sample in dev.gpm.samples:
+                for gpm in [dev.gpm, *(m.gpm for m in dev.migs)]:
+                    for sample in gpm.samples if gpm is not None else ():
                         lib.nvmlGpmSampleFree(sample)
             lib.nvmlShutdown()
         except Exception as exc:
