@@ -89,6 +89,21 @@ async def test_pods_whose_gpus_meet_over_sys_are_reported() -> None:
     assert not [t for t in _titles(await _findings(plain), Severity.WARNING) if "SYS" in t]
 
 
+async def test_pods_mixing_nvlink_and_pcie_pairs_are_reported() -> None:
+    """TP across NVLink bridges: pairs inside a bridge have NVLink, pairs across bridges only
+    PCIe, so the pod's all-reduce runs at PCIe speed."""
+    local, remote = await _snapshots("tp-over-pcie")
+    for snap in (local, remote):
+        warnings = _titles(await _findings(snap), Severity.WARNING)
+        mixed = [t for t in warnings if "mix NVLink and PCIe" in t]
+        assert len(mixed) == 2, warnings
+        assert any(t.startswith("inference/sglang-decode-0: its GPUs 4,5,6,7 mix NVLink and PCIe: "
+                                "GPU4-GPU6") for t in mixed), mixed
+    healthy, _ = await _snapshots("healthy")  # NV18 everywhere: nothing to say
+    assert not [t for t in _titles(await _findings(healthy), Severity.WARNING)
+                if "mix NVLink" in t]
+
+
 @pytest.mark.parametrize("scenario", ["engine-down", "kv-cache-full", "kv-transfer-slow",
                                       "queue-backlog", "link-degraded", "pcie-only-tp",
                                       "nvlink-bypass", "port-down", "oom-risk", "qp-failure"])

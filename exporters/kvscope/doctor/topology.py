@@ -217,9 +217,20 @@ REMEDY_SYS = (
     "or lower its tensor-parallel size so the group fits one socket")
 
 
+REMEDY_MIXED = (
+    "give the pod GPUs that are all NVLink-joined (one NVLink-bridge pair or one NVSwitch "
+    "domain: a topology-aware GPU allocator, or a smaller tensor-parallel size); with a "
+    "bridge pair per two GPUs, TP=2 on a pair beats TP=4 across pairs")
+
+
 def _pod_gpu_paths(snap: Snapshot, section: Section) -> None:
-    """A pod whose own GPUs meet only across CPU sockets (SYS): its tensor-parallel traffic
-    (all-reduce, and KV between ranks) crosses the SMP interconnect, often without P2P."""
+    """Pods whose own GPUs meet over a slow path: their tensor-parallel traffic (all-reduce, and
+    KV between ranks) runs at the speed of the slowest pair.
+
+    - SYS: across CPU sockets (the SMP interconnect, often without P2P at all);
+    - PCIe while other pairs of the same pod have NVLink (GPUs on different NVLink bridges): the
+      "8 cards slower than 4" incident, where adding GPUs added a PCIe hop to every all-reduce.
+    """
     links = {(lb.get("gpu"), lb.get("peer_gpu")): lb.get("link_type", "")
              for lb, _ in samples(snap, "kvscope_gpu_p2p_link_info")}
     pods: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -228,17 +239,29 @@ def _pod_gpu_paths(snap: Snapshot, section: Section) -> None:
             pods[(labels.get("namespace", ""), labels.get("pod", ""))].add(labels["gpu"])
     for (namespace, pod), gpus in sorted(pods.items()):
         ordered = sorted(gpus, key=int)
-        sys_pairs = [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]
-                     if links.get((a, b)) == P2PKind.SYS.value]
-        if not sys_pairs:
+        pairs = [(a, b, links.get((a, b), "")) for i, a in enumerate(ordered)
+                 for b in ordered[i + 1:]]
+        where = f"{namespace}/{pod}: its GPUs {_gpus([int(g) for g in ordered])}"
+        sys_pairs = [(a, b) for a, b, kind in pairs if kind == P2PKind.SYS.value]
+        if sys_pairs:
+            section.findings.append(Finding(
+                Severity.WARNING, f"{where} meet over SYS ({_pair_list(sys_pairs)}): "
+                "tensor-parallel traffic crosses the CPU interconnect (a fraction of PCIe P2P "
+                "bandwidth, and no P2P at all on many platforms)", REMEDY_SYS))
             continue
-        pairs = ", ".join(f"GPU{a}-GPU{b}" for a, b in sys_pairs[:4])
-        more = f" and {len(sys_pairs) - 4} more" if len(sys_pairs) > 4 else ""
-        section.findings.append(Finding(
-            Severity.WARNING, f"{namespace}/{pod}: its GPUs {_gpus([int(g) for g in ordered])} "
-            f"meet over SYS ({pairs}{more}): tensor-parallel traffic crosses the CPU "
-            "interconnect (a fraction of PCIe P2P bandwidth, and no P2P at all on many "
-            "platforms)", REMEDY_SYS))
+        nvlinked = [p for p in pairs if p[2].startswith(P2PKind.NVLINK.value)]
+        pcie_pairs = [(a, b) for a, b, kind in pairs
+                      if kind and not kind.startswith(P2PKind.NVLINK.value)]
+        if nvlinked and pcie_pairs:
+            section.findings.append(Finding(
+                Severity.WARNING, f"{where} mix NVLink and PCIe: {_pair_list(pcie_pairs)} have "
+                "no NVLink, so every all-reduce waits on PCIe (more GPUs can be slower than "
+                "fewer)", REMEDY_MIXED))
+
+
+def _pair_list(pairs: list[tuple[str, str]]) -> str:
+    shown = ", ".join(f"GPU{a}-GPU{b}" for a, b in pairs[:4])
+    return shown + (f" and {len(pairs) - 4} more" if len(pairs) > 4 else "")
 
 
 def _pairs_from_metrics(snap: Snapshot, section: Section) -> None:
