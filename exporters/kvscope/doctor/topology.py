@@ -84,18 +84,8 @@ def _link_health(snap: Snapshot, section: Section) -> None:
         section.lines.append(f"  GPU{gpu}: {len(links) - len(down)}/{len(links)} links up"
                              + (f" (down: {_gpus(down)})" if down else "")
                              + (f"  {err_text}" if err_text else ""))
-        if down:
-            section.findings.append(Finding(
-                Severity.WARNING, f"GPU {gpu}: {len(down)} of {len(links)} NVLinks down "
-                f"(links {_gpus(down)}): NVLink bandwidth to every peer is reduced",
-                "check nvidia-smi nvlink --status -i " f"{gpu}; drain the node and reset the "
-                "GPU; persistent down links need the baseboard serviced"))
-        if errs.get("recovery", 0) > 0:
-            section.findings.append(Finding(
-                Severity.WARNING, f"GPU {gpu}: {int(errs['recovery'])} NVLink recoveries "
-                f"({int(errs.get('replay', 0))} replays): a link is retraining",
-                "watch rate(kvscope_nvlink_errors_total{error=\"recovery\"}); if it keeps "
-                "growing, drain the node and have the NVLink/NVSwitch path checked"))
+        _gpu_link_findings(section, gpu, len(down), len(links), errs=errs,
+                           which=f" (links {_gpus(down)})" if down else "")
 
 
 def _pods(containers: Sequence[GpuContainer], section: Section) -> None:
@@ -197,18 +187,25 @@ def _link_totals_health(snap: Snapshot, errors: dict[int, dict[str, float]],
         err_text = " ".join(f"{k}={int(v)}" for k, v in sorted(errs.items()))
         section.lines.append(f"  GPU{gpu}: {int(links[gpu]) - down}/{int(links[gpu])} links up"
                              + (f"  {err_text}" if err_text else ""))
-        if down > 0:
-            section.findings.append(Finding(
-                Severity.WARNING, f"GPU {gpu}: {down} of {int(links[gpu])} NVLinks down: NVLink "
-                "bandwidth to every peer is reduced",
-                "check nvidia-smi nvlink --status -i " f"{gpu}; drain the node and reset the "
-                "GPU; persistent down links need the baseboard serviced"))
-        if errs.get("recovery", 0) > 0:
-            section.findings.append(Finding(
-                Severity.WARNING, f"GPU {gpu}: {int(errs['recovery'])} NVLink recoveries "
-                f"({int(errs.get('replay', 0))} replays): a link is retraining",
-                "watch rate(kvscope_nvlink_errors_total{error=\"recovery\"}); if it keeps "
-                "growing, drain the node and have the NVLink/NVSwitch path checked"))
+        _gpu_link_findings(section, gpu, down, int(links[gpu]), which="", errs=errs)
+
+
+def _gpu_link_findings(section: Section, gpu: int, down: int, total: int, *, which: str,
+                       errs: dict[str, float]) -> None:
+    """Down links and retraining, from per-link series or from the per-GPU totals alike;
+    `which` names the down links where the per-link series say which ones."""
+    if down > 0:
+        section.findings.append(Finding(
+            Severity.WARNING, f"GPU {gpu}: {down} of {total} NVLinks down{which}: NVLink "
+            "bandwidth to every peer is reduced",
+            f"check nvidia-smi nvlink --status -i {gpu}; drain the node and reset the "
+            "GPU; persistent down links need the baseboard serviced"))
+    if errs.get("recovery", 0) > 0:
+        section.findings.append(Finding(
+            Severity.WARNING, f"GPU {gpu}: {int(errs['recovery'])} NVLink recoveries "
+            f"({int(errs.get('replay', 0))} replays): a link is retraining",
+            "watch rate(kvscope_nvlink_errors_total{error=\"recovery\"}); if it keeps "
+            "growing, drain the node and have the NVLink/NVSwitch path checked"))
 
 
 REMEDY_SYS = (
