@@ -165,3 +165,19 @@ async def test_failures_in_the_window_warn_and_old_ones_inform(
     (finding,) = (await engines_section(snap)).findings
     assert finding.severity is severity
     assert f"n/p (prefill): {words}" in finding.title
+
+
+async def test_erdma_without_compat_mode_is_exported_and_reported() -> None:
+    """The out-of-band QP setup incident: the module parameter is a series, and doctor warns,
+    locally and from the parsed exposition; the healthy eRDMA node (compat_mode=Y) is quiet."""
+    local, remote = await _snapshots("erdma-no-compat")
+    assert [v for _, v in doctor.samples(remote, "kvscope_erdma_compat_mode")] == [0.0]
+    for snap in (local, remote):
+        warnings = _titles(await _findings(snap), Severity.WARNING)
+        assert ("erdma driver runs without compat_mode (erdma_0): engines that exchange QP "
+                "numbers out of band cannot connect") in warnings, warnings
+    on, _ = await _snapshots("erdma")
+    assert [v for _, v in doctor.samples(on, "kvscope_erdma_compat_mode")] == [1.0]
+    assert not [t for t in _titles(await _findings(on), Severity.WARNING) if "compat_mode" in t]
+    healthy, _ = await _snapshots("healthy")  # mlx5 only: no erdma module, no series
+    assert not list(doctor.samples(healthy, "kvscope_erdma_compat_mode"))

@@ -16,7 +16,7 @@ from kvscope.app import build_context, build_runtime
 from kvscope.config import ConfigError, load
 from kvscope.exposition import render_text
 from kvscope.parsers.eadm import STABLE_NAMES, parse_stat
-from kvscope.parsers.rdma_sysfs import Rate, RawPort, parse_port, parse_rate
+from kvscope.parsers.rdma_sysfs import Rate, RawPort, parse_module_bool, parse_port, parse_rate
 from rdma_helpers import FIXTURES, cli, eadm_printing, samples, value
 from test_rdma_sim import Clock, node_for, scrape
 
@@ -236,3 +236,13 @@ async def test_simulated_eadm_header_is_skipped() -> None:
     found = await scrape(node_for("erdma", Clock()))
     assert value(found, "kvscope_erdma_aeq_event_total", device="erdma_0") >= 0
     assert "kvscope_rdma_parse_errors_total" not in found
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Y\n", 1.0), ("N\n", 0.0), ("1\n", 1.0), ("0", 0.0), (None, None), ("", None),
+    ("maybe\n", None),
+])
+def test_module_bool_parameters_parse_as_the_kernel_prints_them(
+        text: str | None, expected: float | None) -> None:
+    # A kernel bool module_param reads "Y"/"N" in sysfs; unreadable stays absent, never 0.
+    assert parse_module_bool(text) == expected

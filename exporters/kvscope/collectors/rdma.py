@@ -28,7 +28,13 @@ from kvscope.context import NodeContext
 from kvscope.families import Family, counter, gauge, info, non_empty
 from kvscope.parsers.eadm import STABLE_NAMES
 from kvscope.parsers.qp_logs import classify, pod_from_path
-from kvscope.parsers.rdma_sysfs import Identity, Port, parse_identity, parse_port
+from kvscope.parsers.rdma_sysfs import (
+    Identity,
+    Port,
+    parse_identity,
+    parse_module_bool,
+    parse_port,
+)
 from kvscope.qp_profiles import DeviceLimits, effective_request, misfits
 from kvscope.runtime import BlockingPool, Collector, CollectorError, Schedule, Tier
 from kvscope.sources.eadm import Eadm, EadmReport
@@ -120,6 +126,8 @@ class RdmaCollector(Collector):
             self._note_once("no-devices", f"no RDMA devices under {self._sysfs.class_dir}")
         report = await self._query_verbs(pool) if self._cfg.verbs else None
         families = [self._info_family()]
+        if any(self._is_erdma(d) for d in self._identities):
+            families.append(await self._erdma_compat_family(pool))
         if report is not None:
             self._limits = report.limits
             families.extend(self._limit_families(report))
@@ -130,6 +138,17 @@ class RdmaCollector(Collector):
         if self._cfg.verbs:
             available.add({}, 1 if report is not None else 0)
         return non_empty(available, *families)
+
+    async def _erdma_compat_family(self, pool: BlockingPool) -> Family:
+        compat = gauge("kvscope_erdma_compat_mode",
+                       "1 when Alibaba's erdma driver runs with compat_mode=Y, 0 with N "
+                       "(sysfs module/erdma/parameters/compat_mode; absent for drivers without "
+                       "it). Engines that exchange QP numbers out of band (over TCP, not RDMA "
+                       "CM) need it on.")
+        value = parse_module_bool(await pool.run(self._sysfs.read_erdma_compat_mode))
+        if value is not None:
+            compat.add({}, value)
+        return compat
 
     async def _query_verbs(self, pool: BlockingPool) -> VerbsReport | None:
         try:

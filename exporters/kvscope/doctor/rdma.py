@@ -47,7 +47,27 @@ async def rdma_section(snap: Snapshot) -> Section:
     _rate_findings(snap, devices, section)
     _profile_findings(snap, devices, section)
     _counter_findings(snap, section)
+    _compat_mode_finding(snap, devices, section)
     return section
+
+
+COMPAT_FIX = (
+    "if an engine on this node sets up its QPs out of band (QP numbers exchanged over TCP "
+    "instead of RDMA CM), reload the driver with compat mode: `modprobe -r erdma && modprobe "
+    "erdma compat_mode=Y`, and make it stick with `options erdma compat_mode=Y` in "
+    "/etc/modprobe.d/ (drain the node first: every eRDMA QP goes with the module)")
+
+
+def _compat_mode_finding(snap: Snapshot, devices: dict[str, Labels], section: Section) -> None:
+    """Alibaba's erdma driver without compat_mode: RDMA-CM engines connect, engines that swap QP
+    numbers over TCP do not (their QPs never reach RTR). A warning, since the agent cannot see
+    which way an engine connects."""
+    compat = [value for _, value in samples(snap, "kvscope_erdma_compat_mode")]
+    erdma = sorted(d for d, lb in devices.items() if lb.get("driver") == "erdma")
+    if compat == [0.0] and erdma:
+        section.findings.append(Finding(
+            Severity.WARNING, f"erdma driver runs without compat_mode ({', '.join(erdma)}): "
+            "engines that exchange QP numbers out of band cannot connect", COMPAT_FIX))
 
 
 def _collector_health(snap: Snapshot, section: Section) -> None:

@@ -362,3 +362,14 @@ def parse_identity(raw: RawDevice) -> Identity:
         pci_path="/" + "/".join(parts) if parts else "",
         ports=raw.ports,
     )
+
+
+def parse_module_bool(text: str | None) -> float | None:
+    """A kernel bool module parameter as sysfs prints it ("Y"/"N"; "1"/"0" on old kernels):
+    1.0 or 0.0, None when absent or unreadable (then the series stays absent, never 0)."""
+    value = (text or "").strip().upper()
+    if value in ("Y", "1"):
+        return 1.0
+    if value in ("N", "0"):
+        return 0.0
+    return None

@@ -104,6 +104,7 @@ class SimRdma:
     devices: list[SimRdmaDevice] = field(default_factory=list)
     eadm_mode: str = "ok"  # ok | hang | malformed | fail
     driver_version: str = "0.2.38"
+    erdma_compat_mode: bool = True  # the erdma module's compat_mode parameter (Alibaba driver)
     logs: list[SimLog] = field(default_factory=list)
 
     def verbs(self) -> Any:
@@ -198,6 +199,9 @@ class SimRdma:
             if not dev.erdma:
                 _write(pci / "net" / dev.netdev / "operstate", "up\n")
             _symlink(base / "device", "../../../devices/" + dev.pci)
+        if any(dev.erdma for dev in self.devices):
+            _write(sysfs / "module" / "erdma" / "parameters" / "compat_mode",
+                   "Y\n" if self.erdma_compat_mode else "N\n")
         for script in ("eadm", "rdma"):
             path = root / "bin" / script
             _write(path, _SCRIPT.format(python=sys.executable, tool=script))
@@ -402,6 +406,14 @@ def erdma_throttle(opts: SimOptions) -> SimNode:
     return node
 
 
+def erdma_no_compat(opts: SimOptions) -> SimNode:
+    """eRDMA driver loaded without compat_mode: an engine that sets up its QPs out of band (QP
+    numbers over TCP instead of RDMA CM) cannot connect."""
+    node = _node(opts)
+    use_erdma(node).erdma_compat_mode = False
+    return node
+
+
 def link_degraded(opts: SimOptions) -> SimNode:
     node = _node(opts)
     node.rdma.devices[1].degrade_after = opts.fault_delay
@@ -417,6 +429,8 @@ def port_down(opts: SimOptions) -> SimNode:
 for _scenario in (
     Scenario("erdma", "eRDMA node (Alibaba driver, 25 Gb/s port, max_sge 1), healthy",
              erdma_healthy),
+    Scenario("erdma-no-compat", "eRDMA driver without compat_mode: out-of-band QP setup "
+             "(QP numbers over TCP) cannot connect", erdma_no_compat),
     Scenario("qp-failure", "eRDMA: DLSlime asks for 4 receive SGEs (max_sge 1): Failed to create "
              "QP, verbs_create_qp_failed_cnt climbing", qp_failure),
     Scenario("erdma-throttle", "eRDMA instance bandwidth quota hit: bps limit drops climbing "

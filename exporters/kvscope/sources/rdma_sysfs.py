@@ -42,6 +42,11 @@ class SysfsRdma:
     def read_devices(self) -> list[RawDevice]:
         return [self._read_device(name) for name in self.device_names()]
 
+    def read_erdma_compat_mode(self) -> str | None:
+        """Alibaba's erdma module parameter compat_mode (a bool module_param, mode 0444: "Y" or
+        "N"); None when the module is not loaded or has no such parameter (upstream erdma)."""
+        return _read(self.root / "module" / "erdma" / "parameters" / "compat_mode")
+
     def read_ports(self) -> list[RawPort]:
         ports = []
         for name in self.device_names():
