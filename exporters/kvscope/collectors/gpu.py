@@ -19,11 +19,11 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from kvscope import dcgm_compat
+from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.collectors.labels import gpu_identity_labels
 from kvscope.context import NodeContext
 from kvscope.dcgm_compat import DEFAULT_COMPAT, Compat
 from kvscope.families import Family, counter, gauge, non_empty
-from kvscope.runtime import BlockingPool, Collector, CollectorError, Schedule, Tier
 from kvscope.sources.nvml import (
     FAST_READERS,
     SLOW_READERS,
@@ -141,7 +141,10 @@ class GpuCollector(Collector):
 
     # ---- polling -------------------------------------------------------------------------
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
+        return PollResult(await self._families_of(tier, pool))
+
+    async def _families_of(self, tier: Tier, pool: Pool) -> Sequence[Metric]:
         if tier is Tier.STATIC:
             return await self._poll_static(pool)
         if self._unavailable is not None:
@@ -184,7 +187,7 @@ class GpuCollector(Collector):
         readings = source.read(FAST_READERS, with_gpm=self._cfg.gpm)
         return readings, source.read_mig(with_gpm=self._cfg.gpm)
 
-    async def _poll_static(self, pool: BlockingPool) -> Sequence[Metric]:
+    async def _poll_static(self, pool: Pool) -> Sequence[Metric]:
         if self._source is None:
             try:
                 lib = self._library if self._library is not None else self._ctx.nvml_library()
