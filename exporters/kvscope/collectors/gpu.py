@@ -269,6 +269,8 @@ class GpuCollector(Collector):
         for reading in readings:
             if reading.lost:
                 continue
+            for call, error in reading.errors:
+                self._nvml_errors[(reading.gpu.index, call, error)] += 1
             labels = {True: self._labels(reading.gpu, dcgm=True),
                       False: self._labels(reading.gpu)}
             for spec in specs:
@@ -282,8 +284,6 @@ class GpuCollector(Collector):
                 value = mig.values.get(spec.key)
                 if value is not None and spec.key in PER_INSTANCE_KEYS:
                     families[spec.name].add(instance_labels, spec.scale(value))
-            for call, error in reading.errors:
-                self._nvml_errors[(reading.gpu.index, call, error)] += 1
         return non_empty(*families.values())
 
     def _fast_families(self, readings: Sequence[GpuReading],
