@@ -150,11 +150,11 @@ class GpuCollector(Collector):
         if self._unavailable is not None:
             if tier is Tier.FAST:
                 # A GPU agent that exports no GPU series is broken, not healthy: the fast tier
-                # fails, so kvscope_collector_up{collector="gpu"} is 0 with this reason while
-                # the static tier keeps serving kvscope_gpu_nvml_available 0. On a node that
-                # runs the GPU agent a missing driver or library is a broken deployment (wrong
-                # image, no driver mount), not quiet absent hardware; the runtime logs this at
-                # warning level once, then at debug while it lasts.
+                # fails, so kvscope_collector_up{collector="gpu",tier="fast"} is 0 with this
+                # reason while the static tier keeps serving kvscope_gpu_nvml_available 0. On a
+                # node that runs the GPU agent a missing driver or library is a broken deployment
+                # (wrong image, no driver mount), not quiet absent hardware; the runtime logs
+                # this at warning level once, then at debug while it lasts.
                 raise CollectorError(
                     "nvml_unavailable",
                     f"no GPU metrics, {self._unavailable} (kvscope_gpu_nvml_available 0); mount "
