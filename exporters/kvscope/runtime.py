@@ -188,6 +188,8 @@ class Runtime:
         started = time.monotonic()
         previous = state.last.error if state.last is not None else None
         result, complete, logged = await self._poll_result(collector, tier, state)
+        if result.errors and not result.families:
+            complete = False  # failed and read nothing: like a raise, keep the last families
         errors = tuple(e.reason for e in result.errors)
         if not logged:
             for exc in result.errors:

@@ -90,6 +90,16 @@ async def test_a_poll_that_reads_nothing_keeps_the_last_families_until_stale() -
     assert "source_a_value" not in parse(runtime.exposition())
 
 
+async def test_errors_without_families_count_as_reading_nothing() -> None:
+    runtime = Runtime([Scripted(reading(7), PollResult((), [CollectorError("down", "gone")]))])
+    await runtime.poll_all_once()
+    await runtime.poll_all_once()
+    body = runtime.exposition()
+    assert parse(body)["source_a_value"] == [({}, 7.0)]
+    assert up(body) == {("scripted", "slow"): 0}
+    assert errors(body) == {"down": 1}
+
+
 async def test_no_data_is_absent_hardware_not_a_failure(
         caplog: pytest.LogCaptureFixture) -> None:
     runtime = Runtime([Scripted(NoData("no /sys/class/infiniband"))])

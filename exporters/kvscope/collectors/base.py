@@ -5,8 +5,8 @@ failed. One failing source inside a tier (a hung `eadm`, a dead Kubernetes API) 
 hides what the tier's other sources read: the runtime serves the families, sets
 `kvscope_collector_up{collector,tier}` to 0 and counts every error's reason in
 `kvscope_collector_errors_total{reason}`. A poll that can read nothing at all raises
-`CollectorError` (or lets a timeout expire); the runtime then keeps serving the tier's previous
-families until they go stale.
+`CollectorError` (or lets a timeout expire, or returns errors and no families); the runtime
+then keeps serving the tier's previous families until they go stale.
 
 `NoData` is for hardware that is simply not there: the runtime serves nothing for the tier,
 logs it at debug level and counts no error, so absent hardware is not an outage.
