@@ -99,10 +99,11 @@ def _pct(values: list[float], q: float) -> float:
 async def agent(ports: list[int], cycles: int, seconds: float) -> dict[str, Any]:
     from aiohttp import web
 
+    from kvscope.collectors.base import Tier
     from kvscope.collectors.engines import EnginesCollector
     from kvscope.config import load
     from kvscope.context import NodeContext
-    from kvscope.runtime import Runtime, Tier
+    from kvscope.runtime import Runtime
     from kvscope.server import build_app
 
     config = load(None, {"collectors.engines.discovery": False,

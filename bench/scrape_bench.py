@@ -112,9 +112,9 @@ def kvscope_argv(real: bool, port: int, only_gpu: bool) -> list[str]:
 
 def _registered() -> set[str]:
     sys.path.insert(0, str(REPO / "exporters"))
-    from kvscope.collectors import REGISTRY
+    from kvscope.collectors.registry import CONFIGURABLE
 
-    return set(REGISTRY)
+    return set(CONFIGURABLE)
 
 
 def main() -> None:

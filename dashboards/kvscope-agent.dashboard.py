@@ -24,7 +24,8 @@ agents = c.Row("Agents", [
                   thresholds=c.UP_STEPS), width=6, height=4),
     c.Cell(c.stat("Collectors down", "Collectors whose last poll failed or went stale, over "
                   "every selected node (KvscopeCollectorDown).",
-                  [c.target(f"sum(1 - kvscope_collector_up{{{SEL}}})")], unit=c.SHORT,
+                  [c.target(f"sum(1 - min without (tier) (kvscope_collector_up{{{SEL}}}))")],
+                  unit=c.SHORT,
                   thresholds=c.ZERO_GOOD_STEPS), width=6, height=4),
     c.Cell(c.stat("Engines down", "Engine endpoints the agents could not scrape.",
                   [c.target(f"sum(1 - kvscope_engine_up{{{ENGINES}}})")], unit=c.SHORT,
@@ -36,8 +37,8 @@ agents = c.Row("Agents", [
 
 collectors = c.Row("Collectors", [
     c.Cell(c.table("Collector health",
-                   "Each collector's state per node: 1 when every cadence tier of its last "
-                   "poll succeeded and is fresh.",
+                   "Each collector's state per node and cadence tier: 1 when every source of "
+                   "the tier's last poll succeeded and the tier is fresh.",
                    [c.target(f"kvscope_collector_up{{{SEL}}}", table=True)],
                    rename={"Value": "up"}, mappings=c.UP_MAPPINGS, thresholds=c.UP_STEPS,
                    cell_colour=True), width=8, height=9),

@@ -81,17 +81,17 @@ class Agent:
         self.static: list[Any] = []
 
     async def start(self) -> None:
-        from kvscope.runtime import Tier
+        from kvscope.collectors.base import Tier
 
-        self.static = [*await self.nvlink.poll(Tier.STATIC, self.pool),
-                       *await self.topology.poll(Tier.STATIC, self.pool)]
+        self.static = [*(await self.nvlink.poll(Tier.STATIC, self.pool)).families,
+                       *(await self.topology.poll(Tier.STATIC, self.pool)).families]
 
     async def counters(self) -> dict[tuple[str, int], float]:
         """(tx|rx, gpu index) -> bytes, from one fast poll."""
-        from kvscope.runtime import Tier
+        from kvscope.collectors.base import Tier
 
         out = {}
-        for family in await self.nvlink.poll(Tier.FAST, self.pool):
+        for family in (await self.nvlink.poll(Tier.FAST, self.pool)).families:
             for sample in family.samples:
                 if sample.name == "kvscope_nvlink_transmit_bytes_total":
                     out[("tx", int(sample.labels["gpu"]))] = sample.value

@@ -127,7 +127,7 @@ class KvscopeGpu:
         self.runtime = Runtime([self.collector])
 
     async def poll(self, *tiers: str) -> dict[str, dict[str, tuple[dict[str, str], float]]]:
-        from kvscope.runtime import Tier
+        from kvscope.collectors.base import Tier
 
         for tier in tiers:
             snap = await self.runtime.poll_once(self.collector, Tier(tier))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -83,3 +83,12 @@ def by_gpu(samples: list[tuple[dict[str, str], float]]) -> dict[str, float]:
 
 
 __all__ = ["NODE", "FrozenClock", "build_runtime", "by_gpu", "parse", "sim_context"]
+
+
+def collector_up(series: Iterable[tuple[Mapping[str, str], float]]) -> dict[str, float]:
+    """kvscope_collector_up per collector: 1 only when every one of its tiers is up."""
+    out: dict[str, float] = {}
+    for labels, value in series:
+        name = labels["collector"]
+        out[name] = min(out.get(name, 1.0), value)
+    return out

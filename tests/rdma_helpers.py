@@ -48,3 +48,10 @@ def eadm_printing(tmp_path: Path, stat_fixture: str) -> Path:
         "args = sys.argv[1:]\n"
         f"text = pathlib.Path({str(ver)!r} if args[:1] == ['ver'] else {str(stat)!r}).read_text()\n"
         "sys.stdout.write(text)\n"))
+
+
+def collector_up(found: dict[str, list[tuple[dict[str, str], float]]], collector: str) -> float:
+    """kvscope_collector_up of one collector over its tiers: 1 only when every tier is up."""
+    values = [v for lb, v in found.get("kvscope_collector_up", []) if lb["collector"] == collector]
+    assert values, f"no kvscope_collector_up for {collector}"
+    return min(values)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent import kvscope
-from conftest import parse
+from conftest import collector_up, parse
 
 
 def test_version() -> None:
@@ -33,7 +33,7 @@ def test_collect_exits_zero_when_a_collector_fails(tmp_path: Path) -> None:
                      "--log.level", "error", timeout=20)
     assert result.returncode == 0, result.stderr
     metrics = parse(result.stdout.encode())
-    up = {lb["collector"]: v for lb, v in metrics["kvscope_collector_up"]}
+    up = collector_up(metrics["kvscope_collector_up"])
     assert up["gpu"] == 0 and up["self"] == 1
     errors = {(lb["collector"], lb["reason"])
               for lb, _ in metrics["kvscope_collector_errors_total"]}

@@ -12,11 +12,12 @@ import pytest
 from aiohttp import web
 
 from engines_helpers import find, fixture, fixture_app
+from kvscope.collectors.base import Tier
 from kvscope.collectors.engines import EnginesCollector
 from kvscope.config import load
 from kvscope.context import NodeContext
 from kvscope.exposition import render_text
-from kvscope.runtime import BlockingPool, Tier
+from kvscope.runtime import BlockingPool
 from kvscope.sources.http_scrape import Scraped, ScrapeFailure, new_session, scrape
 
 
@@ -96,7 +97,7 @@ async def test_one_slow_engine_does_not_delay_the_others(server: str) -> None:
     collector = _collector([*good, f"{server}/slow?s=30", f"{server}/reset",
                             f"{server}/garbage", "http://127.0.0.1:9/metrics"])
     started = time.monotonic()
-    families = await collector.poll(Tier.FAST, BlockingPool("t"))
+    families = (await collector.poll(Tier.FAST, BlockingPool("t"))).families
     elapsed = time.monotonic() - started
     await collector.close()
     assert elapsed < 1.5  # the slow target cost its own 0.5 s timeout, concurrently
@@ -128,7 +129,7 @@ async def test_counters_survive_an_engine_restart() -> None:
     seen = []
     for n in (5000, 5600, 40, 100):  # the engine restarts between the 2nd and 3rd scrape
         value["n"] = n
-        families = await collector.poll(Tier.FAST, BlockingPool("t"))
+        families = (await collector.poll(Tier.FAST, BlockingPool("t"))).families
         fam = next(f for f in families if f.name == "kvscope_engine_generation_tokens")
         seen.append(fam.samples[0].value)
     await collector.close()
@@ -148,7 +149,7 @@ async def test_unknown_exporter_is_down_with_reason(server: str) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     collector = _collector([f"http://127.0.0.1:{port}/metrics"])
-    families = await collector.poll(Tier.FAST, BlockingPool("t"))
+    families = (await collector.poll(Tier.FAST, BlockingPool("t"))).families
     await collector.close()
     await runner.cleanup()
     up = next(f for f in families if f.name == "kvscope_engine_up").samples[0]

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client.core import Metric
 
 from engines_helpers import P, find, samples_of
 from kvscope.app import start_sim_services
 from kvscope.cli import main
+from kvscope.collectors.base import Tier
 from kvscope.collectors.engines import EnginesCollector, targets_from_pods
 from kvscope.config import EnginesConfig, PdSettings, load
 from kvscope.context import NodeContext
 from kvscope.exposition import render_text
 from kvscope.parsers.exposition import Exposition, parse
-from kvscope.runtime import BlockingPool, Tier
+from kvscope.runtime import BlockingPool
 from kvscope.sim import engines as sim_engines
 from kvscope.sim.engines import RENDERERS, Load, SimEngine, render, start_engine
 from kvscope.sim.node import SimNode
@@ -57,6 +60,10 @@ class Clock:
         return self.t
 
 
+async def families_of(collector: EnginesCollector, pool: str) -> Sequence[Metric]:
+    return (await collector.poll(Tier.FAST, BlockingPool(pool))).families
+
+
 async def _two_polls(scenario: str, gap: float = 60.0) -> tuple[list[Any], list[Any]]:
     """Poll a scenario's engines at fault time and `gap` seconds later (a frozen sim clock)."""
     clock = Clock()
@@ -66,10 +73,10 @@ async def _two_polls(scenario: str, gap: float = 60.0) -> tuple[list[Any], list[
     async with AsyncExitStack() as stack:
         await start_sim_services(ctx, stack)
         collector = EnginesCollector(ctx)
-        first = samples_of(render_text(await collector.poll(Tier.FAST, BlockingPool("a")))
+        first = samples_of(render_text(await families_of(collector, "a"))
                            .decode())
         clock.t += gap
-        second = samples_of(render_text(await collector.poll(Tier.FAST, BlockingPool("b")))
+        second = samples_of(render_text(await families_of(collector, "b"))
                             .decode())
         await collector.close()
     return first, second
@@ -134,7 +141,7 @@ async def test_every_fake_engine_variant_is_read(variant: str) -> None:
         ctx.config = load(None, {"collectors.engines.discovery": False,
                                  "collectors.engines.targets": [{"url": url}]})
         collector = EnginesCollector(ctx)
-        samples = samples_of(render_text(await collector.poll(Tier.FAST, BlockingPool("v")))
+        samples = samples_of(render_text(await families_of(collector, "v"))
                              .decode())
         await collector.close()
     assert find(samples, "kvscope_engine_up", reason="") == [1.0]
@@ -210,7 +217,7 @@ async def test_without_a_kubernetes_api_only_static_targets_are_scraped(
         {"url": "http://127.0.0.1:9/metrics"}]}))
     collector = EnginesCollector(ctx)
     for _ in range(3):
-        families = await collector.poll(Tier.FAST, BlockingPool("k"))
+        families = (await collector.poll(Tier.FAST, BlockingPool("k"))).families
     await collector.close()
     said = [r.getMessage() for r in caplog.records if "no Kubernetes API" in r.getMessage()]
     assert len(said) == 1
@@ -233,7 +240,7 @@ async def test_discovery_failure_keeps_known_targets() -> None:
         await collector._kube.close()
         collector._kube.api_url = "http://127.0.0.1:9"  # the API server goes away
         collector._discovered_at = -1e9
-        families = await collector.poll(Tier.FAST, BlockingPool("d"))
+        families = (await collector.poll(Tier.FAST, BlockingPool("d"))).families
         await collector.close()
     samples = samples_of(render_text(families).decode())
     assert find(samples, "kvscope_engine_discovery_up") == [0.0]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FrozenClock, by_gpu, parse, sim_context
+from conftest import FrozenClock, by_gpu, collector_up, parse, sim_context
 from kvscope.app import build_runtime
+from kvscope.collectors.base import Tier
 from kvscope.collectors.gpu import GpuCollector
-from kvscope.runtime import Runtime, Tier
+from kvscope.runtime import Runtime
 from kvscope.sim.scenarios import HOTSPOT_UTIL
 
 MIB = 1024 * 1024
@@ -58,7 +59,7 @@ async def test_not_supported_means_absent_not_zero() -> None:
     assert "DCGM_FI_DEV_ENC_UTIL" not in metrics
     assert "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL" not in metrics
     assert len(metrics["DCGM_FI_DEV_DEC_UTIL"]) == 8  # the neighbouring call still works
-    up = {labels["collector"]: v for labels, v in metrics["kvscope_collector_up"]}
+    up = collector_up(metrics["kvscope_collector_up"])
     assert up["gpu"] == 1
 
 
@@ -98,7 +99,7 @@ async def test_gpu_lost_keeps_other_gpus() -> None:
     assert xid["0"][1] == 0
     totals = after["kvscope_gpu_xid_errors_total"]
     assert [(labels["gpu"], labels["xid"], v) for labels, v in totals] == [("3", "79", 1.0)]
-    health = {labels["collector"]: v for labels, v in after["kvscope_collector_up"]}
+    health = collector_up(after["kvscope_collector_up"])
     assert health["gpu"] == 1  # a lost GPU is a fact about the GPU, not a broken collector
 
 
@@ -113,7 +114,7 @@ async def test_no_nvml_library_serves_everything_else() -> None:
     metrics = await collect(sim_context("no-nvml"))
     assert metrics["kvscope_gpu_nvml_available"] == [({}, 0.0)]
     assert not any(name.startswith("DCGM_") for name in metrics)
-    up = {labels["collector"]: v for labels, v in metrics["kvscope_collector_up"]}
+    up = collector_up(metrics["kvscope_collector_up"])
     # A GPU collector that exports nothing is down, with its reason; the rest is served.
     assert up == {"gpu": 0.0, "self": 1.0}
     errors = {(lb["collector"], lb["reason"]): v
@@ -126,7 +127,7 @@ async def test_nvml_without_gpus_is_a_collector_down_not_an_empty_success() -> N
     metrics = await collect(sim_context("healthy", gpus=[]))
     assert metrics["kvscope_gpu_nvml_available"] == [({}, 1.0)]
     assert "kvscope_gpu_up" not in metrics
-    up = {labels["collector"]: v for labels, v in metrics["kvscope_collector_up"]}
+    up = collector_up(metrics["kvscope_collector_up"])
     assert up == {"gpu": 0.0, "self": 1.0}
     errors = metrics["kvscope_collector_errors_total"]
     assert {(lb["collector"], lb["reason"]) for lb, _ in errors} == {("gpu", "no_gpus")}

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from kvscope.collectors.base import Tier
 from kvscope.collectors.nvlink import NvlinkCollector
-from kvscope.runtime import BlockingPool, Tier
+from kvscope.runtime import BlockingPool
 from kvscope.sources.nvml_links import FI_DATA_TX, SCOPE_ALL_LINKS, NvlinkSource
 from nvlink_support import Clock, context, samples, sim_node
 
@@ -15,7 +16,7 @@ GIB = 1024**3
 
 
 async def _poll(collector: NvlinkCollector, tier: Tier, pool: BlockingPool) -> list:
-    return list(await collector.poll(tier, pool))
+    return list((await collector.poll(tier, pool)).families)
 
 
 def _by_gpu(families: list, name: str) -> dict[str, float]:

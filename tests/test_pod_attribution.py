@@ -135,6 +135,10 @@ def test_gpu_pod_labels_pick_one_stable_owner_for_a_shared_gpu() -> None:
     (False, {"CUDA_VISIBLE_DEVICES": "GPU-0000"}, (4, 5), ()),  # not in the visible set
     (False, {"NVIDIA_VISIBLE_DEVICES": "all"}, (), tuple(range(8))),  # no request: bypass
     (False, {"CUDA_VISIBLE_DEVICES": ""}, (4,), ()),
+    # CUDA stops at the first bad entry: nothing after it counts, even a good one.
+    (False, {"CUDA_VISIBLE_DEVICES": "0,7,1"}, (4, 5), (4,)),  # bad ordinal
+    (False, {"CUDA_VISIBLE_DEVICES": "GPU-0005,GPU-9999,0"}, (4, 5), (5,)),  # unknown UUID
+    (False, {"CUDA_VISIBLE_DEVICES": "1,,0"}, (4, 5), (5,)),  # empty entry
 ])
 def test_visibility_rules(privileged: bool, env: dict[str, str], allocated: tuple[int, ...],
                           expected: tuple[int, ...]) -> None:

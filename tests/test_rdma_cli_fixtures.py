@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rdma_helpers import FIXTURES, cli, samples, value
+from rdma_helpers import FIXTURES, cli, collector_up, samples, value
 
 HDR = 200 * 125_000_000
 EDR_100 = 100 * 125_000_000
@@ -29,7 +29,7 @@ def collect(tree: str) -> dict[str, list[tuple[dict[str, str], float]]]:
                     "--collector.rdma.eadm-path", "/nonexistent/eadm")
     assert code == 0
     found = samples(out)
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
     return found
 
 
@@ -108,5 +108,5 @@ def test_sysfs_root_without_rdma_is_no_data(tmp_path: object) -> None:
     code, out = cli("collect", "--path.sysfs", str(tmp_path), "--no-collector.gpu")
     found = samples(out)
     assert code == 0
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
     assert not any(n.startswith("kvscope_rdma_port") for n in found)

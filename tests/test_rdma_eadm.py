@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from kvscope.parsers.eadm import OOT_COUNTERS, STABLE_NAMES, parse_stat, parse_version
-from rdma_helpers import FIXTURES, cli, eadm_printing, fake_tool, samples, value
+from rdma_helpers import FIXTURES, cli, collector_up, eadm_printing, fake_tool, samples, value
 
 ALIBABA = str(FIXTURES / "erdma-alibaba")
 
@@ -30,7 +30,7 @@ def test_stable_names_cover_the_55_driver_counters() -> None:
 
 def test_eadm_stat_counters_and_version(tmp_path: Path) -> None:
     found = collect("--collector.rdma.eadm-path", str(eadm_printing(tmp_path, "stat_erdma_0.txt")))
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
     assert value(found, "kvscope_erdma_verbs_create_qp_failed_total", device="erdma_0") == 8
     assert value(found, "kvscope_erdma_verbs_create_qp_total", device="erdma_0") == 40
     assert value(found, "kvscope_erdma_connect_failed_total", device="erdma_0") == 1
@@ -51,7 +51,7 @@ def test_padded_layout_with_header_parses_the_same(tmp_path: Path) -> None:
 def test_malformed_lines_are_counted_not_fatal(tmp_path: Path) -> None:
     found = collect("--collector.rdma.eadm-path",
                     str(eadm_printing(tmp_path, "stat_malformed.txt")))
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
     assert value(found, "kvscope_erdma_hw_bps_limit_drop_total", device="erdma_0") == 17
     assert value(found, "kvscope_erdma_eadm_counter_total", counter="hw_new_future_cnt") == 5
     assert "kvscope_erdma_connect_failed_total" not in found  # "N/A": absent, not 0
@@ -61,7 +61,7 @@ def test_malformed_lines_are_counted_not_fatal(tmp_path: Path) -> None:
 
 def test_empty_output_reports_the_collector_down(tmp_path: Path) -> None:
     found = collect("--collector.rdma.eadm-path", str(eadm_printing(tmp_path, "stat_empty.txt")))
-    assert value(found, "kvscope_collector_up", collector="rdma") == 0
+    assert collector_up(found, "rdma") == 0
     assert value(found, "kvscope_collector_errors_total", collector="rdma",
                  reason="eadm_parse") == 1
     assert value(found, "kvscope_rdma_port_state", device="erdma_0") == 4  # fast tier unharmed
@@ -78,14 +78,14 @@ def test_failing_eadm_gives_one_line_reason(tmp_path: Path) -> None:
     tool = fake_tool(tmp_path, "eadm", "print('open /dev/erdma: Permission denied', "
                                        "file=sys.stderr); sys.exit(1)")
     found = collect("--collector.rdma.eadm-path", str(tool))
-    assert value(found, "kvscope_collector_up", collector="rdma") == 0
+    assert collector_up(found, "rdma") == 0
     assert value(found, "kvscope_collector_errors_total", collector="rdma",
                  reason="eadm_failed") == 1
 
 
 def test_absent_eadm_is_source_off() -> None:
     found = collect("--collector.rdma.eadm-path", "/nonexistent/eadm")
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
     assert not any(n.startswith("kvscope_erdma_") for n in found)
 
 
@@ -100,7 +100,7 @@ def test_hung_eadm_costs_one_timeout_and_nothing_else(tmp_path: Path) -> None:
     found = collect("--config", str(config), "--collector.rdma.eadm-path", str(tool))
     elapsed = time.monotonic() - started
     assert elapsed < 3.0  # one 0.5 s timeout (ver and stat run concurrently), not a stall
-    assert value(found, "kvscope_collector_up", collector="rdma") == 0
+    assert collector_up(found, "rdma") == 0
     assert value(found, "kvscope_collector_errors_total", collector="rdma",
                  reason="eadm_timeout") == 1
     # Everything else still came out: port counters (fast tier) and identity (static tier).

@@ -15,7 +15,7 @@ from kvscope.config import load
 from kvscope.sim.node import SimNode
 from kvscope.sim.scenarios import SimOptions, build_scenario
 from kvscope.sources.verbs import VerbsSource
-from rdma_helpers import cli, samples, value
+from rdma_helpers import cli, collector_up, samples, value
 
 
 class Clock:
@@ -49,7 +49,7 @@ async def test_default_node_has_four_hdr_ib_ports() -> None:
                      profile="dlslime-0.0.1") == 1
     numa = {lb["device"]: lb["numa_node"] for lb, _ in found["kvscope_rdma_device_info"]}
     assert numa == {"mlx5_0": "0", "mlx5_1": "0", "mlx5_2": "1", "mlx5_3": "1"}
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
 
 
 async def test_counters_advance_with_time() -> None:
@@ -150,7 +150,7 @@ async def test_hung_sim_eadm_marks_collector_down_only() -> None:
     started = time.monotonic()
     found = await scrape(node, **{"collectors.rdma.eadm_timeout": 0.5})
     assert time.monotonic() - started < 3.0
-    assert value(found, "kvscope_collector_up", collector="rdma") == 0
+    assert collector_up(found, "rdma") == 0
     assert value(found, "kvscope_collector_errors_total", collector="rdma",
                  reason="eadm_timeout") == 1
     assert value(found, "kvscope_rdma_port_state", device="erdma_0") == 4
@@ -162,7 +162,7 @@ async def test_malformed_sim_eadm_is_counted() -> None:
     node = node_for("erdma", Clock())
     node.rdma.eadm_mode = "malformed"
     found = await scrape(node)
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
     assert value(found, "kvscope_rdma_parse_errors_total", source="eadm") == 5  # connect_* N/A
     assert "kvscope_erdma_cmdq_submitted_total" not in found  # "a : b : c" lines skipped
     assert value(found, "kvscope_erdma_verbs_create_qp_total", device="erdma_0") == 40

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvscope.sources.verbs import VerbsSource, VerbsUnavailableError, errno_name, load_pyverbs
-from rdma_helpers import FIXTURES, cli, samples, value
+from rdma_helpers import FIXTURES, cli, collector_up, samples, value
 
 
 def test_real_pyverbs_without_a_device_is_no_hardware() -> None:
@@ -21,7 +21,7 @@ def test_collector_reports_verbs_unavailable_and_stays_up() -> None:
     found = samples(out)
     assert code == 0
     assert value(found, "kvscope_rdma_verbs_available") == 0
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
     assert "kvscope_rdma_qp_profile_fits" not in found  # no limits: no verdict, not a guess
 
 

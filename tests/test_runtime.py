@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
 
-from prometheus_client.core import Metric
-
-from conftest import FrozenClock, parse, sim_context
+from conftest import FrozenClock, collector_up, parse, sim_context
 from kvscope.app import build_runtime
+from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.families import gauge
-from kvscope.runtime import BlockingPool, Collector, CollectorError, Runtime, Schedule, Tier
+from kvscope.runtime import Runtime
 
 
 class Steady(Collector):
@@ -20,8 +18,9 @@ class Steady(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(5, 1)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
-        return [gauge("steady_value", "A healthy collector's value.").add({}, 42).metric]
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
+        value = gauge("steady_value", "A healthy collector's value.").add({}, 42)
+        return PollResult([value.metric])
 
 
 class Raising(Collector):
@@ -30,7 +29,7 @@ class Raising(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(5, 1)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         raise RuntimeError("driver exploded")
 
 
@@ -46,10 +45,10 @@ class Hanging(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(5, 0.2)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         self.calls += 1
         await pool.run(self.release.wait)
-        return []
+        return PollResult()
 
 
 class Refusing(Collector):
@@ -58,12 +57,12 @@ class Refusing(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(5, 1)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         raise CollectorError("connect", "endpoint refused the connection")
 
 
 def health(body: bytes) -> dict[str, float]:
-    return {labels["collector"]: v for labels, v in parse(body)["kvscope_collector_up"]}
+    return collector_up(parse(body)["kvscope_collector_up"])
 
 
 def errors(body: bytes) -> dict[tuple[str, str], float]:
@@ -107,7 +106,7 @@ async def test_gpu_collector_hang_does_not_break_scrape() -> None:
     runtime = build_runtime(ctx)
     await runtime.poll_all_once()
     metrics = parse(runtime.exposition())
-    up = {labels["collector"]: v for labels, v in metrics["kvscope_collector_up"]}
+    up = collector_up(metrics["kvscope_collector_up"])
     assert up == {"gpu": 0, "self": 1}
     assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in metrics  # the slow tier still reported
     assert "process_resident_memory_bytes" in metrics
@@ -166,9 +165,9 @@ class Counting(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(0.1, 1)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         self.polls += 1
-        return [gauge("polls", "How many polls so far.").add({}, self.polls).metric]
+        return PollResult([gauge("polls", "How many polls so far.").add({}, self.polls).metric])
 
 
 async def test_running_agent_renders_after_polls_not_during_scrapes() -> None:
@@ -198,9 +197,9 @@ class Spinning(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.EVENT: Schedule(0.0, 5)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         await asyncio.sleep(0)
-        return []
+        return PollResult()
 
 
 async def test_stop_ends_loops_even_when_a_cancellation_is_swallowed() -> None:

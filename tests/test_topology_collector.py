@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import collector_up
 from kvscope import doctor
 from kvscope.app import build_context
 from kvscope.config import Config
@@ -58,7 +59,7 @@ async def test_healthy_node_pair_can_use_nvlink_and_gpu_series_carry_pods() -> N
     network = _one(families, "kvscope_node_network_info")
     assert (network["source"], network["switch_type"], network["tier1"], network["tier3"]) == (
         "volcano", "infiniband", "ib-leaf-07", "ib-core")
-    up_by = {lb["collector"]: v for lb, v in samples(families, "kvscope_collector_up")}
+    up_by = collector_up(samples(families, "kvscope_collector_up"))
     assert up_by["topology"] == 1.0 and up_by["nvlink"] == 1.0
 
 
@@ -83,7 +84,7 @@ async def test_no_kubelet_socket_means_attribution_off_said_once(
     said = [r for r in caplog.records if "attribution off" in r.getMessage()]
     assert len(said) == 1  # static and slow polls both looked; it was said once
     assert ctx.gpu_pods == {}
-    up = {lb["collector"]: v for lb, v in samples(families, "kvscope_collector_up")}
+    up = collector_up(samples(families, "kvscope_collector_up"))
     assert up["topology"] == 1.0  # absent socket is not a failure
 
 
@@ -98,7 +99,7 @@ async def test_kubelet_failure_marks_the_tier_down_and_keeps_the_scrape(tmp_path
             "topology": {"pod_resources_socket": str(dead), "timeout": 1.0}})
     finally:
         listener.close()
-    up = {lb["collector"]: v for lb, v in samples(families, "kvscope_collector_up")}
+    up = collector_up(samples(families, "kvscope_collector_up"))
     assert up["topology"] == 0.0 and up["gpu"] == 1.0
     errors = {lb["reason"] for lb, _ in samples(families, "kvscope_collector_errors_total")
               if lb["collector"] == "topology"}

@@ -12,7 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from kvscope import collectors
+from kvscope.collectors.registry import REGISTRY
+from kvscope.collectors.registry import build as build_collectors
+from kvscope.collectors.registry import enabled as registry_enabled
 from kvscope.config import Config, ConfigError, set_dotted
 from kvscope.context import NodeContext
 from kvscope.runtime import Runtime
@@ -73,7 +75,7 @@ def node_facts(ctx: NodeContext) -> NodeFacts:
 
 
 def build_runtime(ctx: NodeContext) -> Runtime:
-    return Runtime(collectors.build(ctx), staleness_factor=ctx.config.staleness_factor)
+    return Runtime(build_collectors(ctx), staleness_factor=ctx.config.staleness_factor)
 
 
 async def start_sim_services(ctx: NodeContext, stack: AsyncExitStack) -> None:
@@ -82,8 +84,7 @@ async def start_sim_services(ctx: NodeContext, stack: AsyncExitStack) -> None:
         return
     from kvscope.sim.services import start_all
 
-    enabled = frozenset(name for name in type(ctx.config.collectors).model_fields
-                        if getattr(ctx.config.collectors, name).enabled)
+    enabled = frozenset(r.name for r in REGISTRY if r.configurable and registry_enabled(ctx, r))
     overrides = await start_all(ctx.sim, stack, enabled)
     if overrides:
         data = ctx.config.model_dump()

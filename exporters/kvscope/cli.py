@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from kvscope import __version__
-from kvscope.collectors import REGISTRY
+from kvscope.collectors.registry import CONFIGURABLE
 from kvscope.config import Config, ConfigError, load
 from kvscope.dcgm_compat import GENERATIONS
 
@@ -45,7 +45,7 @@ def _common_options(fn: F) -> F:
         click.option("--log.level", "log_level",
                      type=click.Choice(["debug", "info", "warning", "error"])),
     ]
-    for name in REGISTRY:
+    for name in CONFIGURABLE:
         options.append(click.option(f"--collector.{name}/--no-collector.{name}",
                                     f"collector_{name}", default=None,
                                     help=f"Enable the {name} collector."))
@@ -60,7 +60,7 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
                "log_level": "log_level", "rdma_eadm_path": "collectors.rdma.eadm_path",
                "enable_openmetrics": "web.enable_openmetrics", "dcgm_compat": "dcgm.compat"}
     out = {dotted: kwargs[key] for key, dotted in mapping.items() if kwargs.get(key) is not None}
-    for name in REGISTRY:
+    for name in CONFIGURABLE:
         value = kwargs.get(f"collector_{name}")
         if value is not None:
             out[f"collectors.{name}.enabled"] = value

@@ -26,10 +26,11 @@ from pydantic import (
     model_validator,
 )
 
+from kvscope.collectors.registry import CONFIGURABLE, REGISTRY
 from kvscope.dcgm_compat import DEFAULT_COMPAT, Compat
 
 DEFAULT_PORT = 9447  # clashes with neither dcgm-exporter (9400) nor node_exporter (9100)
-COLLECTOR_NAMES = ("gpu", "nvlink", "topology", "rdma", "engines")
+_DEFAULT_ENABLED = {r.name: r.default_enabled for r in REGISTRY}
 
 
 class ConfigError(Exception):
@@ -55,6 +56,7 @@ class CollectorConfig(Strict):
 
 
 class GpuConfig(CollectorConfig):
+    enabled: bool = _DEFAULT_ENABLED["gpu"]  # the registry's default
     nvml_library: str | None = Field(
         None, description="path of libnvidia-ml.so.1 when it is not on the loader path")
     xid_wait: PositiveFloat = Field(
@@ -65,6 +67,7 @@ class GpuConfig(CollectorConfig):
 
 
 class NvlinkConfig(CollectorConfig):
+    enabled: bool = _DEFAULT_ENABLED["nvlink"]  # the registry's default
     per_link: bool = Field(
         default=False,
         description="one series per link for state, speed, identity and error counters (18 links "
@@ -81,6 +84,7 @@ class NvlinkConfig(CollectorConfig):
 
 
 class TopologyConfig(CollectorConfig):
+    enabled: bool = _DEFAULT_ENABLED["topology"]  # the registry's default
     pod_resources_socket: Path = Field(
         default=Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
         description="kubelet pod-resources v1 socket; absent socket = pod attribution off")
@@ -161,6 +165,7 @@ class DeviceFilter(Strict):
 
 
 class RdmaConfig(CollectorConfig):
+    enabled: bool = _DEFAULT_ENABLED["rdma"]  # the registry's default
     devices: DeviceFilter = DeviceFilter()
     eadm_path: str | None = Field(
         default="eadm",
@@ -226,6 +231,7 @@ class EngineAnnotations(Strict):
 
 
 class EnginesConfig(CollectorConfig):
+    enabled: bool = _DEFAULT_ENABLED["engines"]  # the registry's default
     # Static targets are scraped whether or not discovery finds them.
     targets: tuple[EngineTarget, ...] = ()
     # Also scrape pods on this node marked by annotation or carrying a PD role label.
@@ -250,11 +256,21 @@ class EnginesConfig(CollectorConfig):
 
 
 class CollectorsConfig(Strict):
+    """One section per configurable collector of the registry (collectors/registry.py, the one
+    place that lists collectors and says which are on by default)."""
+
     gpu: GpuConfig = GpuConfig()
     nvlink: NvlinkConfig = NvlinkConfig()
     topology: TopologyConfig = TopologyConfig()
     rdma: RdmaConfig = RdmaConfig()
     engines: EnginesConfig = EnginesConfig()
+
+
+# Strict sections already refuse unknown names, listing the allowed ones; this keeps those
+# sections and the registry from drifting apart.
+if set(CollectorsConfig.model_fields) != set(CONFIGURABLE):  # pragma: no cover - a coding slip
+    raise RuntimeError("config.CollectorsConfig and collectors/registry.py list different "
+                       "collectors")
 
 
 class WebSettings(Strict):

@@ -23,11 +23,18 @@ class _Families:
         return iter(self._families)
 
 
+class FamilyCollision(ValueError):
+    """Two families share a name but disagree on what it is (type, unit or HELP text)."""
+
+
 def merge(families: Iterable[Metric]) -> list[Metric]:
     """Join families of the same name from different tiers or sources into one.
 
     A family may be produced by several pollers (e.g. per-GPU samples from the fast tier and the
-    lost-GPU markers from the static tier); the exposition formats allow one HELP/TYPE per name.
+    lost-GPU markers from the static tier); the exposition formats allow one HELP/TYPE per name,
+    so their samples are joined, in order. Two families of one name that differ in type, unit or
+    HELP text are two metrics under one name: that is a coding mistake, and joining them would
+    serve one under the other's type, so it raises FamilyCollision instead.
     """
     by_name: dict[str, Metric] = {}
     for fam in families:
@@ -36,8 +43,12 @@ def merge(families: Iterable[Metric]) -> list[Metric]:
             copy = Metric(fam.name, fam.documentation, fam.type, fam.unit)
             copy.samples = list(fam.samples)
             by_name[fam.name] = copy
-        else:
-            existing.samples.extend(fam.samples)
+            continue
+        mine = (existing.type, existing.unit, existing.documentation)
+        theirs = (fam.type, fam.unit, fam.documentation)
+        if mine != theirs:
+            raise FamilyCollision(f"metric family {fam.name}: declared as {mine} and as {theirs}")
+        existing.samples.extend(fam.samples)
     return list(by_name.values())
 
 

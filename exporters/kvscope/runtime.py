@@ -9,23 +9,29 @@ bytes that were rendered from snapshots taken by the pollers.
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import gzip
 import logging
 import queue
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, ClassVar, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client.core import Metric
 
 from kvscope import __version__
+from kvscope.collectors.base import (
+    Collector,
+    CollectorError,
+    NoData,
+    PollResult,
+    Schedule,
+    Tier,
+)
 from kvscope.exposition import merge, render_openmetrics, render_text
 from kvscope.families import counter, gauge, info
 
@@ -33,29 +39,6 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class Tier(enum.StrEnum):
-    """Cadence tiers. Static and event tiers run first so fast polls can rely on identity."""
-
-    STATIC = "static"  # identity: names, UUIDs, PCI ids; refreshed rarely
-    FAST = "fast"  # cheap reads: utilisation, memory, temperature, counters
-    SLOW = "slow"  # reads that are slow on real hardware (energy 3-15 ms, per-link errors)
-    EVENT = "event"  # blocking waits for events (NVML XID); the poll itself waits
-
-
-@dataclass(frozen=True)
-class Schedule:
-    interval: float  # seconds between poll starts; 0 for event tiers that block in the poll
-    timeout: float  # a poll running longer than this is abandoned and counted as an error
-
-
-class CollectorError(Exception):
-    """A poll failed for a known reason. `reason` becomes the errors_total label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class BlockingPool:
@@ -102,23 +85,6 @@ class BlockingPool:
         self._queue.put(None)
 
 
-class Collector(ABC):
-    """A source of metric families, polled by the runtime on its tiers."""
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def schedules(self) -> dict[Tier, Schedule]:
-        """The tiers this collector polls on, with their cadence."""
-
-    @abstractmethod
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
-        """Read and return the families of one tier. Blocking reads go through `pool`."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release hardware handles; called once at shutdown."""
-
-
 @dataclass(frozen=True)
 class Snapshot:
     collector: str
@@ -126,11 +92,17 @@ class Snapshot:
     families: tuple[Metric, ...]
     timestamp: float  # wall clock at poll end
     duration: float
-    error: str | None = None  # reason; None when the poll succeeded
+    errors: tuple[str, ...] = ()  # reasons of the sources that failed; () when all succeeded
+    complete: bool = True  # False when the poll read nothing (raised, timed out, busy)
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return not self.errors
+
+    @property
+    def error(self) -> str | None:
+        """The first failure's reason, or None when the poll succeeded."""
+        return self.errors[0] if self.errors else None
 
 
 @dataclass
@@ -138,7 +110,12 @@ class _TierState:
     schedule: Schedule
     pool: BlockingPool
     last: Snapshot | None = None  # newest poll, good or bad
-    last_good: Snapshot | None = None  # newest successful poll (served until stale)
+    served: Snapshot | None = None  # newest poll that read something (served until stale)
+    last_good: Snapshot | None = None  # newest poll in which every source succeeded
+
+
+def _failed(reason: str, message: str) -> PollResult:
+    return PollResult((), (CollectorError(reason, message),))
 
 
 class _Rendered:
@@ -209,36 +186,46 @@ class Runtime:
     async def poll_once(self, collector: Collector, tier: Tier) -> Snapshot:
         state = self._tiers[(collector.name, tier)]
         started = time.monotonic()
-        error: str | None = None
-        families: Sequence[Metric] = ()
         previous = state.last.error if state.last is not None else None
-        if state.pool.busy:
-            error = "busy"
-            self._log_failure(previous, error, "collector %s/%s: previous read still running; "
-                              "poll skipped", collector.name, tier)
-        else:
-            try:
-                families = await asyncio.wait_for(collector.poll(tier, state.pool),
-                                                  state.schedule.timeout)
-            except TimeoutError:
-                error = "timeout"
-                self._log_failure(previous, error, "collector %s/%s: poll exceeded %.1fs",
-                                  collector.name, tier, state.schedule.timeout)
-            except CollectorError as exc:
-                error = exc.reason
-                self._log_failure(previous, error, "collector %s/%s: %s", collector.name, tier,
-                                  exc)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a broken collector must never break the agent
-                error = type(exc).__name__
-                log.exception("collector %s/%s failed: %s", collector.name, tier, exc)
-        if error is None and previous is not None:
+        result, complete, logged = await self._poll_result(collector, tier, state)
+        if result.errors and not result.families:
+            complete = False  # failed and read nothing: like a raise, keep the last families
+        errors = tuple(e.reason for e in result.errors)
+        if not logged:
+            for exc in result.errors:
+                self._log_failure(previous, exc.reason, "collector %s/%s: %s", collector.name,
+                                  tier, exc)
+        if not errors and previous is not None:
             log.info("collector %s/%s: recovered (was: %s)", collector.name, tier, previous)
-        snap = Snapshot(collector.name, tier, tuple(families), self._clock(),
-                        time.monotonic() - started, error)
+        snap = Snapshot(collector.name, tier, tuple(result.families), self._clock(),
+                        time.monotonic() - started, errors, complete)
         self._store(state, snap)
         return snap
+
+    async def _poll_result(self, collector: Collector, tier: Tier,
+                           state: _TierState) -> tuple[PollResult, bool, bool]:
+        """(result, complete, logged): complete is False when the poll read nothing at all
+        (busy, timed out, raised), so the tier's previous families stay served until stale;
+        logged is True when the failure was already logged with its traceback."""
+        if state.pool.busy:
+            return _failed("busy", "previous read still running; poll skipped"), False, False
+        try:
+            result = await asyncio.wait_for(collector.poll(tier, state.pool),
+                                            state.schedule.timeout)
+        except TimeoutError:
+            message = f"poll exceeded {state.schedule.timeout:.1f}s"
+            return _failed("timeout", message), False, False
+        except CollectorError as exc:
+            return PollResult((), (exc,)), False, False
+        except NoData as exc:
+            log.debug("collector %s/%s: no data: %s", collector.name, tier, exc)
+            return PollResult(), True, False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken collector must never break the agent
+            log.exception("collector %s/%s failed: %s", collector.name, tier, exc)
+            return _failed(type(exc).__name__, str(exc)), False, True
+        return result, True, False
 
     @staticmethod
     def _log_failure(previous: str | None, reason: str, message: str, *args: object) -> None:
@@ -249,12 +236,14 @@ class Runtime:
         log.log(level, message, *args)
 
     def _store(self, state: _TierState, snap: Snapshot) -> None:
-        previous = state.last_good
+        previous = state.served
         state.last = snap
+        if snap.complete:
+            state.served = snap
         if snap.ok:
             state.last_good = snap
-        else:
-            self._errors[(snap.collector, snap.error or "unknown")] += 1
+        for reason in snap.errors:
+            self._errors[(snap.collector, reason)] += 1
         unchanged_event = (snap.tier is Tier.EVENT and snap.ok and previous is not None
                            and list(previous.families) == list(snap.families))
         if not unchanged_event:
@@ -353,8 +342,9 @@ class Runtime:
     def _stale_keys(self, now: float) -> frozenset[tuple[str, Tier]]:
         stale = set()
         for key, state in self._tiers.items():
-            good = state.last_good
-            if good is not None and now - good.timestamp > self._staleness_bound(state.schedule):
+            served = state.served
+            if served is not None and \
+                    now - served.timestamp > self._staleness_bound(state.schedule):
                 stale.add(key)
         return frozenset(stale)
 
@@ -366,7 +356,7 @@ class Runtime:
         for c in self.collectors:
             states = [(t, self._tiers[(c.name, t)]) for t in c.schedules()]
             seen = all(s.last is not None for _, s in states)
-            errors = [f"{t}: {s.last.error}" for t, s in states if s.last and not s.last.ok]
+            errors = [f"{t}: {reason}" for t, s in states if s.last for reason in s.last.errors]
             errors += [f"{t}: stale" for t, _ in states if (c.name, t) in stale]
             out[c.name] = {"ready": seen, "up": seen and not errors, "errors": errors}
         return out
@@ -377,21 +367,22 @@ class Runtime:
 
     def _health_families(self, stale: frozenset[tuple[str, Tier]]) -> list[Metric]:
         up = gauge("kvscope_collector_up",
-                   "1 when every tier of the collector's last poll succeeded and is fresh.")
+                   "1 when every source of the tier's last poll succeeded and the tier is fresh; "
+                   "0 when a source failed (the errors counter says why).")
         duration = gauge("kvscope_collector_duration_seconds",
                          "Wall time of the collector's last poll, per cadence tier.")
         last_ok = gauge("kvscope_collector_last_success_timestamp_seconds",
                         "Unix time of the collector's last successful poll, per cadence tier.")
         errors = counter("kvscope_collector_errors_total",
-                         "Failed polls by reason (timeout, busy, exception class, source error).")
+                         "Failed polls and failed sources within a poll, by reason (timeout, "
+                         "busy, exception class, source error).")
         for c in self.collectors:
             tiers = [(t, self._tiers[(c.name, t)]) for t in c.schedules()]
             if any(s.last is None for _, s in tiers):
                 continue  # no first snapshot yet: not ready, nothing to claim
-            healthy = all(s.last is not None and s.last.ok and (c.name, t) not in stale
-                          for t, s in tiers)
-            up.add({"collector": c.name}, 1 if healthy else 0)
             for t, s in tiers:
+                healthy = s.last is not None and s.last.ok and (c.name, t) not in stale
+                up.add({"collector": c.name, "tier": t}, 1 if healthy else 0)
                 if s.last is not None and t is not Tier.EVENT:
                     duration.add({"collector": c.name, "tier": t}, s.last.duration)
                 if s.last_good is not None:
@@ -408,8 +399,8 @@ class Runtime:
         stale = self._stale_keys(self._clock())
         fams: list[Metric] = []
         for key, state in self._tiers.items():
-            if state.last_good is not None and key not in stale:
-                fams.extend(state.last_good.families)
+            if state.served is not None and key not in stale:
+                fams.extend(state.served.families)
         return merge(fams + self._health_families(stale))
 
     def exposition(self, *, openmetrics: bool = False, gzip_ok: bool = False) -> bytes:

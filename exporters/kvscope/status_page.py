@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from prometheus_client.core import Metric
 
 from kvscope import __version__
+from kvscope.collectors.base import Collector
 from kvscope.context import NodeContext
 from kvscope.dcgm_compat import names_in_48_units
-from kvscope.runtime import Collector, Runtime
+from kvscope.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ def test_collect_on_the_simulated_node_prints_eight_gpus(container: str) -> None
     assert result.returncode == 0, result.stderr
     gpus = set(re.findall(r'^DCGM_FI_DEV_GPU_TEMP\{[^}]*\bgpu="(\d+)"', result.stdout, re.M))
     assert gpus == {str(i) for i in range(8)}
-    assert 'kvscope_collector_up{collector="gpu"} 1.0' in result.stdout
+    assert 'kvscope_collector_up{collector="gpu",tier="fast"} 1.0' in result.stdout
 
 
 def test_collect_without_a_gpu_driver_reports_no_nvml(container: str) -> None:
@@ -118,7 +118,7 @@ def test_collect_without_a_gpu_driver_reports_no_nvml(container: str) -> None:
     result = _run(container, "kvscope", "collect")
     assert result.returncode == 0, result.stderr
     assert "kvscope_gpu_nvml_available 0.0" in result.stdout
-    assert 'kvscope_collector_up{collector="self"} 1.0' in result.stdout
+    assert 'kvscope_collector_up{collector="self",tier="fast"} 1.0' in result.stdout
 
 
 def test_image_ships_no_pip(container: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent import Agent, kvscope
-from conftest import parse
+from conftest import collector_up, parse
 
 
 def test_serve_without_nvml_says_so_once_and_reports_the_gpu_collector_down(
@@ -27,7 +27,7 @@ def test_serve_without_nvml_says_so_once_and_reports_the_gpu_collector_down(
                          if lb == {"collector": "gpu", "reason": "nvml_unavailable"})
             time.sleep(0.2)
         assert failed >= 5, "the gpu collector's fast tier should fail on every poll"
-        up = {lb["collector"]: v for lb, v in metrics["kvscope_collector_up"]}
+        up = collector_up(metrics["kvscope_collector_up"])
         assert up["gpu"] == 0 and up["self"] == 1
         assert metrics["kvscope_gpu_nvml_available"] == [({}, 0.0)]
         page = agent.get("/")[1].decode()  # the index page says why, in words

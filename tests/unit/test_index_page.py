@@ -5,21 +5,20 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client.core import Metric
 
 from agent import Agent, kvscope
 from conftest import FrozenClock, parse, sim_context
 from kvscope import doctor
 from kvscope.app import build_runtime, node_facts
+from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.doctor import Finding, Section, Severity, Snapshot
-from kvscope.runtime import BlockingPool, Collector, CollectorError, Runtime, Schedule, Tier
+from kvscope.runtime import Runtime
 from kvscope.server import build_app
 from kvscope.status_page import DoctorCache, explain
 
@@ -151,7 +150,7 @@ class Failing(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(3600, 1)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         raise CollectorError("<b>bad</b>", "broken on purpose")
 
 

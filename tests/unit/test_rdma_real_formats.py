@@ -17,7 +17,7 @@ from kvscope.config import ConfigError, load
 from kvscope.exposition import render_text
 from kvscope.parsers.eadm import STABLE_NAMES, parse_stat
 from kvscope.parsers.rdma_sysfs import Rate, RawPort, parse_module_bool, parse_port, parse_rate
-from rdma_helpers import FIXTURES, cli, eadm_printing, samples, value
+from rdma_helpers import FIXTURES, cli, collector_up, eadm_printing, samples, value
 from test_rdma_sim import Clock, node_for, scrape
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -28,7 +28,7 @@ def collect(tree: Path | str, *extra: str) -> tuple[Samples, str]:
                     "--collector.rdma.eadm-path", "/nonexistent/eadm", *extra)
     assert code == 0
     found = samples(out)
-    assert value(found, "kvscope_collector_up", collector="rdma") == 1
+    assert collector_up(found, "rdma") == 1
     return found, out
 
 

@@ -32,13 +32,13 @@ import aiohttp
 from prometheus_client.core import Metric
 from prometheus_client.utils import floatToGoString
 
+from kvscope.collectors.base import Collector, PollResult, Pool, Schedule, Tier
 from kvscope.config import ENGINE_NAMES, EnginesConfig, PdSettings
 from kvscope.context import NodeContext
 from kvscope.families import counter, gauge, info, non_empty
 from kvscope.parsers.engines import FAMILIES, KEEP, Histogram, Normalized
 from kvscope.parsers.engines import normalize as normalize_payload
 from kvscope.parsers.exposition import ParseCache, ParseError, parse
-from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
 from kvscope.sources.http_scrape import Scraped, ScrapeFailure, new_session, scrape
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,10 @@ class EnginesCollector(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(self._cfg.cadence.fast, self._cfg.timeout)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
+        return PollResult(await self._families_of(tier, pool))
+
+    async def _families_of(self, tier: Tier, pool: Pool) -> Sequence[Metric]:
         targets = await self._targets()
         session = self._client_session()
         fetched = await asyncio.gather(*(self._fetch(session, t) for t in targets))

@@ -19,11 +19,11 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from kvscope import dcgm_compat
+from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.collectors.labels import gpu_identity_labels
 from kvscope.context import NodeContext
 from kvscope.dcgm_compat import DEFAULT_COMPAT, Compat
 from kvscope.families import Family, counter, gauge, non_empty
-from kvscope.runtime import BlockingPool, Collector, CollectorError, Schedule, Tier
 from kvscope.sources.nvml import (
     FAST_READERS,
     SLOW_READERS,
@@ -141,17 +141,20 @@ class GpuCollector(Collector):
 
     # ---- polling -------------------------------------------------------------------------
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
+        return PollResult(await self._families_of(tier, pool))
+
+    async def _families_of(self, tier: Tier, pool: Pool) -> Sequence[Metric]:
         if tier is Tier.STATIC:
             return await self._poll_static(pool)
         if self._unavailable is not None:
             if tier is Tier.FAST:
                 # A GPU agent that exports no GPU series is broken, not healthy: the fast tier
-                # fails, so kvscope_collector_up{collector="gpu"} is 0 with this reason while
-                # the static tier keeps serving kvscope_gpu_nvml_available 0. On a node that
-                # runs the GPU agent a missing driver or library is a broken deployment (wrong
-                # image, no driver mount), not quiet absent hardware; the runtime logs this at
-                # warning level once, then at debug while it lasts.
+                # fails, so kvscope_collector_up{collector="gpu",tier="fast"} is 0 with this
+                # reason while the static tier keeps serving kvscope_gpu_nvml_available 0. On a
+                # node that runs the GPU agent a missing driver or library is a broken deployment
+                # (wrong image, no driver mount), not quiet absent hardware; the runtime logs
+                # this at warning level once, then at debug while it lasts.
                 raise CollectorError(
                     "nvml_unavailable",
                     f"no GPU metrics, {self._unavailable} (kvscope_gpu_nvml_available 0); mount "
@@ -184,7 +187,7 @@ class GpuCollector(Collector):
         readings = source.read(FAST_READERS, with_gpm=self._cfg.gpm)
         return readings, source.read_mig(with_gpm=self._cfg.gpm)
 
-    async def _poll_static(self, pool: BlockingPool) -> Sequence[Metric]:
+    async def _poll_static(self, pool: Pool) -> Sequence[Metric]:
         if self._source is None:
             try:
                 lib = self._library if self._library is not None else self._ctx.nvml_library()
@@ -266,6 +269,8 @@ class GpuCollector(Collector):
         for reading in readings:
             if reading.lost:
                 continue
+            for call, error in reading.errors:
+                self._nvml_errors[(reading.gpu.index, call, error)] += 1
             labels = {True: self._labels(reading.gpu, dcgm=True),
                       False: self._labels(reading.gpu)}
             for spec in specs:
@@ -279,8 +284,6 @@ class GpuCollector(Collector):
                 value = mig.values.get(spec.key)
                 if value is not None and spec.key in PER_INSTANCE_KEYS:
                     families[spec.name].add(instance_labels, spec.scale(value))
-            for call, error in reading.errors:
-                self._nvml_errors[(reading.gpu.index, call, error)] += 1
         return non_empty(*families.values())
 
     def _fast_families(self, readings: Sequence[GpuReading],

@@ -23,11 +23,11 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from kvscope.collectors.base import Collector, PollResult, Pool, Schedule, Tier
 from kvscope.collectors.labels import gpu_identity_labels, hostname_key
 from kvscope.context import NodeContext
 from kvscope.dcgm_compat import field as dcgm_field
 from kvscope.families import Family, counter, gauge, info, non_empty
-from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
 from kvscope.sources.nvml import GpuIdentity, NvmlUnavailable
 from kvscope.sources.nvml_links import (
     NVLINK_VERSIONS,
@@ -79,7 +79,10 @@ class NvlinkCollector(Collector):
             Tier.SLOW: Schedule(c.slow, max(t, min(c.slow / 2, 15.0))),
         }
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
+        return PollResult(await self._families_of(tier, pool))
+
+    async def _families_of(self, tier: Tier, pool: Pool) -> Sequence[Metric]:
         if tier is Tier.STATIC:
             return await self._poll_static(pool)
         source = self._source
@@ -92,7 +95,7 @@ class NvlinkCollector(Collector):
         errors = await pool.run(source.link_errors, data_counters=self._cfg.data_error_counters)
         return self._error_families(errors)
 
-    async def _poll_static(self, pool: BlockingPool) -> Sequence[Metric]:
+    async def _poll_static(self, pool: Pool) -> Sequence[Metric]:
         try:
             if self._source is None:
                 lib = self._library if self._library is not None else self._ctx.nvml_library()

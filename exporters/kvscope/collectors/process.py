@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from prometheus_client import ProcessCollector as ClientProcessCollector
 from prometheus_client.core import Metric
 
-from kvscope.runtime import BlockingPool, Collector, Schedule, Tier
+from kvscope.collectors.base import Collector, PollResult, Pool, Schedule, Tier
 
 
 class ProcessCollector(Collector):
@@ -23,5 +23,8 @@ class ProcessCollector(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(self._interval, 2.0)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
+        return PollResult(await self._families_of(tier, pool))
+
+    async def _families_of(self, tier: Tier, pool: Pool) -> Sequence[Metric]:
         return await pool.run(lambda: list(self._reader.collect()))

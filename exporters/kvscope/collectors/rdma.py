@@ -9,8 +9,9 @@ Tiers:
 - slow: `eadm stat` per eRDMA device and `rdma -j resource show` (subprocesses, run
   concurrently under their own timeouts), the opt-in create-QP probe and the opt-in log follower.
 
-A hung or failing eadm makes the slow poll fail (kvscope_collector_up 0, errors_total with the
-reason) after one eadm timeout; the fast tier's port counters keep flowing.
+A hung or failing eadm sets the slow tier down (kvscope_collector_up{tier="slow"} 0,
+errors_total with the reason) after one eadm timeout; the slow tier's other sources (resource
+counts, probe, log follower) are still served, and the fast tier's port counters keep flowing.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client.core import Metric
 
+from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.config import QpProfile
 from kvscope.context import NodeContext
 from kvscope.families import Family, counter, gauge, info, non_empty
@@ -36,7 +37,6 @@ from kvscope.parsers.rdma_sysfs import (
     parse_port,
 )
 from kvscope.qp_profiles import DeviceLimits, effective_request, misfits
-from kvscope.runtime import BlockingPool, Collector, CollectorError, Schedule, Tier
 from kvscope.sources.eadm import Eadm, EadmReport
 from kvscope.sources.log_follow import LogFollower
 from kvscope.sources.rdma_sysfs import SysfsRdma
@@ -92,11 +92,11 @@ class RdmaCollector(Collector):
         return {Tier.STATIC: Schedule(c.static, t), Tier.FAST: Schedule(c.fast, t),
                 Tier.SLOW: Schedule(c.slow, slow_timeout)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         if tier is Tier.STATIC:
-            return await self._poll_static(pool)
+            return PollResult(await self._poll_static(pool))
         if tier is Tier.FAST:
-            return await self._poll_fast(pool)
+            return PollResult(await self._poll_fast(pool))
         return await self._poll_slow(pool)
 
     def _count_bad_value(self, source: str, where: tuple[str, ...], text: str) -> bool:
@@ -119,7 +119,7 @@ class RdmaCollector(Collector):
 
     # ---- static: identity, limits, profile verdicts ----------------------------------------
 
-    async def _poll_static(self, pool: BlockingPool) -> list[Metric]:
+    async def _poll_static(self, pool: Pool) -> list[Metric]:
         raw = await pool.run(self._sysfs.read_devices)
         self._identities = {r.device: parse_identity(r) for r in raw}
         if not self._identities:
@@ -139,7 +139,7 @@ class RdmaCollector(Collector):
             available.add({}, 1 if report is not None else 0)
         return non_empty(available, *families)
 
-    async def _erdma_compat_family(self, pool: BlockingPool) -> Family:
+    async def _erdma_compat_family(self, pool: Pool) -> Family:
         compat = gauge("kvscope_erdma_compat_mode",
                        "1 when Alibaba's erdma driver runs with compat_mode=Y, 0 with N "
                        "(sysfs module/erdma/parameters/compat_mode; absent for drivers without "
@@ -150,7 +150,7 @@ class RdmaCollector(Collector):
             compat.add({}, value)
         return compat
 
-    async def _query_verbs(self, pool: BlockingPool) -> VerbsReport | None:
+    async def _query_verbs(self, pool: Pool) -> VerbsReport | None:
         try:
             if self._verbs is None:
                 lib = self._verbs_lib if self._verbs_lib is not None else load_pyverbs()
@@ -214,7 +214,7 @@ class RdmaCollector(Collector):
 
     # ---- fast: ports ------------------------------------------------------------------------
 
-    async def _poll_fast(self, pool: BlockingPool) -> list[Metric]:
+    async def _poll_fast(self, pool: Pool) -> list[Metric]:
         raw = await pool.run(self._sysfs.read_ports)
         ports = [parse_port(r) for r in raw]
         for port in ports:
@@ -313,21 +313,23 @@ class RdmaCollector(Collector):
 
     # ---- slow: eadm, rdma tool, probe, logs -------------------------------------------------
 
-    async def _poll_slow(self, pool: BlockingPool) -> list[Metric]:
+    async def _poll_slow(self, pool: Pool) -> PollResult:
+        """The slow tier's sources run concurrently and fail independently: a hung eadm costs
+        its own series and sets the tier down, while the rdma tool's resource counts, the probe
+        and the log follower's counts are still served."""
         erdma = sorted(d for d in self._identities if self._is_erdma(d))
         eadm_job = self._eadm_read(erdma)
         tool_job = self._tool.resources() if self._identities else _no_tool()
         blocking = pool.run(self._blocking_slow)
         eadm, tool, (probes, lines) = await asyncio.gather(eadm_job, tool_job, blocking)
         families: list[Metric] = []
-        failure: CollectorError | None = None
+        errors: dict[str, CollectorError] = {}  # one error per reason and poll
         if eadm is not None:
             families += self._eadm_families(eadm)
-            if eadm.failures:
-                first = eadm.failures[0]
-                failure = CollectorError(first.reason, first.message)
+            for failure in eadm.failures:
+                errors.setdefault(failure.reason, CollectorError(failure.reason, failure.message))
         if tool.timed_out is not None:
-            failure = failure or CollectorError("rdma_tool_timeout", tool.timed_out)
+            errors["rdma_tool_timeout"] = CollectorError("rdma_tool_timeout", tool.timed_out)
         elif tool.unavailable is not None:
             self._note_once("rdma-tool", f"no QP counts: {tool.unavailable}")
         families += self._resource_families(tool)
@@ -335,9 +337,7 @@ class RdmaCollector(Collector):
         self._count_log_lines(lines)
         families += self._log_families()
         families += self._parse_error_family(("eadm", "rdma_tool", "verbs"))
-        if failure is not None:
-            raise failure
-        return families
+        return PollResult(families, tuple(errors.values()))
 
     async def _eadm_read(self, devices: list[str]) -> EadmReport | None:
         if not devices or not self._eadm.available:

@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.collectors.labels import mig_device_pods
 from kvscope.collectors.nvlink import gpu_labels
 from kvscope.context import NodeContext
@@ -40,7 +41,6 @@ from kvscope.pd_paths import (
     pd_pairs,
     pod_meta,
 )
-from kvscope.runtime import BlockingPool, Collector, CollectorError, Schedule, Tier
 from kvscope.sources.kube import KubeClient, KubeError
 from kvscope.sources.nvml import NvmlUnavailable
 from kvscope.sources.nvml_links import Device, NvlinkSource
@@ -94,20 +94,22 @@ class TopologyCollector(Collector):
         t = self._cfg.timeout
         return {Tier.STATIC: Schedule(c.static, max(t, 10.0)), Tier.SLOW: Schedule(c.slow, t)}
 
-    async def poll(self, tier: Tier, pool: BlockingPool) -> Sequence[Metric]:
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         if tier is Tier.STATIC:
             families = await self._poll_static(pool)
             if self._attribution is None:
                 try:
-                    await self._refresh_pods(pool)  # labels for the first GPU poll; no output
-                except CollectorError as exc:
-                    log.warning("topology: first pod reading failed: %s", exc)
-            return families
+                    errors = await self._refresh_pods(pool)  # labels for the first GPU poll
+                except CollectorError as failure:
+                    errors = [failure]
+                for error in errors:
+                    log.warning("topology: first pod reading failed: %s", error)
+            return PollResult(families)
         return await self._poll_pods(pool)
 
     # ---- static: the hardware ------------------------------------------------------------
 
-    async def _poll_static(self, pool: BlockingPool) -> list[Metric]:
+    async def _poll_static(self, pool: Pool) -> list[Metric]:
         families: list[Metric] = []
         self._devices = await self._read_gpus(pool)
         if self._devices:
@@ -124,7 +126,7 @@ class TopologyCollector(Collector):
         families += await self._network_families()
         return families
 
-    async def _read_gpus(self, pool: BlockingPool) -> list[Device]:
+    async def _read_gpus(self, pool: Pool) -> list[Device]:
         try:
             if self._source is None:
                 lib = self._library if self._library is not None else self._ctx.nvml_library()
@@ -275,13 +277,16 @@ class TopologyCollector(Collector):
                          self._cfg.pod_resources_socket)
         self._attribution = enabled
 
-    async def _refresh_pods(self, pool: BlockingPool) -> None:
+    async def _refresh_pods(self, pool: Pool) -> list[CollectorError]:
+        """Re-read which pod holds which GPU. The kubelet is the source of the attribution: when
+        it fails, this raises. The Kubernetes API only adds roles and groups: when it fails, the
+        pods are kept with role unknown and its error is returned."""
         client = self._kubelet_client()
         if not await pool.run(client.available):
             self._say_attribution(False)
             self.containers, self.pairs = [], []
             self._ctx.gpu_pods = {}
-            return
+            return []
         self._say_attribution(True)
         try:
             devices = await pool.run(client.list)
@@ -289,24 +294,28 @@ class TopologyCollector(Collector):
             raise CollectorError(exc.reason, str(exc)) from None
         gpus = [d.identity for d in self._devices]
         allocation = attribute(devices, gpus, self._cfg.gpu_resource_names)
+        # Whatever the API says, the kubelet's answer labels the GPU series.
+        plain = gpu_containers(allocation, None, gpus, self._ctx.config.pd)
+        # MIG devices (MIG-<uuid>) label the GPU-instance series (collectors/labels.py).
+        self._ctx.gpu_pods = {**gpu_pod_labels(plain, gpus), **mig_device_pods(devices)}
+        errors: list[CollectorError] = []
         try:
             metas = await self._pod_metas()
-        finally:
-            # Whatever the API says, the kubelet's answer labels the GPU series.
-            plain = gpu_containers(allocation, None, gpus, self._ctx.config.pd)
-            # MIG devices (MIG-<uuid>) label the GPU-instance series (collectors/labels.py).
-            self._ctx.gpu_pods = {**gpu_pod_labels(plain, gpus), **mig_device_pods(devices)}
+        except CollectorError as exc:
+            metas, errors = None, [exc]
         self.containers = gpu_containers(allocation, metas, gpus, self._ctx.config.pd)
         p2p = {(p.a, p.b): p.nvlink_p2p for p in self._pairs if p.nvlink_p2p is not None}
         self.pairs = pd_pairs(self.containers, self._ctx.topology, p2p)
+        return errors
 
-    async def _poll_pods(self, pool: BlockingPool) -> list[Metric]:
-        await self._refresh_pods(pool)
+    async def _poll_pods(self, pool: Pool) -> PollResult:
+        errors = await self._refresh_pods(pool)
         enabled = gauge("kvscope_pod_attribution_enabled",
                         "1 when the kubelet pod-resources socket is there and GPUs are "
                         "attributed to pods; 0 when attribution is off.")
         enabled.add({}, 1 if self._attribution else 0)
-        return [*non_empty(enabled), *self._pod_families(), *self._pair_families()]
+        return PollResult([*non_empty(enabled), *self._pod_families(), *self._pair_families()],
+                          errors)
 
     def _pod_families(self) -> list[Metric]:
         pods = info("kvscope_pod_gpu_info",

@@ -113,9 +113,11 @@ def _health_from_metrics(snap: Snapshot) -> dict[str, dict[str, Any]]:
         if value > 0:
             errors[labels.get("collector", "")].append(
                 f"{labels.get('reason', '?')} x{value:.0f} since start")
-    return {labels.get("collector", ""): {"up": value == 1.0,
-                                          "errors": errors.get(labels.get("collector", ""), [])}
-            for labels, value in snap.samples("kvscope_collector_up")}
+    up: dict[str, bool] = {}
+    for labels, value in snap.samples("kvscope_collector_up"):  # one series per tier
+        name = labels.get("collector", "")
+        up[name] = up.get(name, True) and value == 1.0
+    return {name: {"up": is_up, "errors": errors.get(name, [])} for name, is_up in up.items()}
 
 
 def render(sections: list[Section], node_name: str, source: str = LOCAL) -> str:

@@ -118,6 +118,7 @@ class SimNode:
     library_missing: bool = False
     not_supported: set[str] = field(default_factory=set)  # NVML call names, or "field:<id>"
     slow_calls: dict[str, float] = field(default_factory=dict)  # call name -> extra seconds
+    failing_calls: dict[str, int] = field(default_factory=dict)  # call name -> NVML error code
     xid_faults: list[XidFault] = field(default_factory=list)
     seed: int = 7
     # Later subsystems hang their models here (each owned by its sim/<subsystem>.py module).

@@ -180,6 +180,8 @@ class FakeNvml:
             raise NVMLError(GPU_IS_LOST)
         if name in self.node.not_supported:
             raise NVMLError(NOT_SUPPORTED)
+        if name in self.node.failing_calls:  # a driver call that keeps failing (not "absent")
+            raise NVMLError(self.node.failing_calls[name])
 
     @property
     def total_calls(self) -> int:
