@@ -38,6 +38,8 @@ import yaml
 
 import dashboards_helpers as dh
 from agent import REPO, Agent, free_port
+from kvscope import dcgm_compat
+from kvscope.dcgm_compat import Compat
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +81,8 @@ SCENARIOS = {s.id: s for s in (
     Scenario("queue-backlog"),
     Scenario("nvlink-bypass"),
     Scenario("engine-down"),
+    # NVIDIA's own dashboard, renamed the way dcgm-exporter 4.10 renamed its fields.
+    Scenario("healthy", {"dcgm": {"compat": "4.10"}}, key="healthy, dcgm 4.10"),
 )}
 
 
@@ -509,3 +513,43 @@ def test_panels_answer_the_on_call(stacks: dict[str, Stack], answer: Answer) -> 
         time.sleep(1)
     assert answer.holds(values), (f"{answer.scenario} / {answer.panel}: expected "
                                   f"{answer.meaning}, got {values}")
+
+
+# ---------------------------------------------------------------------------------------------
+# NVIDIA's dcgm-exporter dashboard on kvscope (the drop-in claim)
+# ---------------------------------------------------------------------------------------------
+
+NVIDIA_QUERIES = [line for line in (REPO / "tests" / "fixtures" / "dcgm" /
+                                    "nvidia-dashboard-queries.txt").read_text().splitlines()
+                  if line and not line.startswith("#")]
+_DCGM_NAME = re.compile(r"\bDCGM_FI_[A-Z0-9_]+")
+
+
+def _renamed(expr: str, compat: Compat) -> str:
+    """A 4.8 query with each DCGM name as `compat` exports it (kvscope.dcgm_compat's table)."""
+    names = {f.naming("4.8").name: f.naming(compat).name for f in dcgm_compat.FIELDS}
+    return _DCGM_NAME.sub(lambda m: names.get(m.group(0), m.group(0)), expr)
+
+
+@pytest.mark.parametrize(("key", "compat"), [("healthy", "4.8"),
+                                             ("healthy, dcgm 4.10", "4.10")])
+def test_nvidia_dashboard_panels_return_data(stacks: dict[str, Stack], key: str,
+                                             compat: Compat) -> None:
+    """Every panel of NVIDIA's dashboard returns data from kvscope: as shipped under 4.8, and
+    with 4.10's names (NVIDIA's 4.10 dashboard itself is not in any source reachable here, so
+    its queries are the shipped ones renamed as the 4.9/4.10 release notes rename the fields)."""
+    stack = stacks[key]
+    assert len(NVIDIA_QUERIES) == 8
+    temp = _renamed("DCGM_FI_DEV_GPU_TEMP", compat)
+    deadline = stack.started + DEADLINE_S
+    while True:
+        values = {"instance": "|".join(stack.prometheus.label_values("instance", temp)),
+                  "gpu": "|".join(stack.prometheus.label_values("gpu", temp))}
+        problems = {q: why for q in NVIDIA_QUERIES
+                    if (why := check(stack.prometheus,
+                                     dh.substitute(_renamed(q, compat), values))) is not None}
+        if not problems or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert values["gpu"].count("|") == 7, values  # the simulated node's 8 GPUs
+    assert not problems, problems
