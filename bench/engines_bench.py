@@ -5,7 +5,7 @@
 The 16 fake engines run in a child process (their rendering must not count as agent CPU) and
 serve a vLLM exposition widened to ~100 KB with data-parallel ranks, as a vLLM with DP=8 and
 LMCache prints it. The agent side is the production path: EnginesCollector inside the Runtime,
-served by kvscope.server.build_app. A second child process scrapes /metrics at a fixed rate,
+served by kvscope.web.server.build_app. A second child process scrapes /metrics at a fixed rate,
 first while the collector is idle, then while cycles run back to back, and reports latencies.
 """
 
@@ -104,7 +104,7 @@ async def agent(ports: list[int], cycles: int, seconds: float) -> dict[str, Any]
     from kvscope.config import load
     from kvscope.context import NodeContext
     from kvscope.runtime import Runtime
-    from kvscope.server import build_app
+    from kvscope.web.server import build_app
 
     config = load(None, {"collectors.engines.discovery": False,
                          "collectors.engines.targets": [

@@ -16,7 +16,7 @@ from kvscope.collectors.base import Tier
 from kvscope.collectors.engines import EnginesCollector
 from kvscope.config import load
 from kvscope.context import NodeContext
-from kvscope.exposition import render_text
+from kvscope.render.exposition import render_text
 from kvscope.runtime import BlockingPool
 from kvscope.sources.http_scrape import Scraped, ScrapeFailure, new_session, scrape
 

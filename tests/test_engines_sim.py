@@ -18,8 +18,8 @@ from kvscope.collectors.base import Tier
 from kvscope.collectors.engines import EnginesCollector, targets_from_pods
 from kvscope.config import EnginesConfig, PdSettings, load
 from kvscope.context import NodeContext
-from kvscope.exposition import render_text
 from kvscope.parsers.exposition import Exposition, parse
+from kvscope.render.exposition import render_text
 from kvscope.runtime import BlockingPool
 from kvscope.sim import engines as sim_engines
 from kvscope.sim.engines import RENDERERS, Load, SimEngine, render, start_engine

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import FrozenClock, sim_context
 from kvscope.app import build_runtime
-from kvscope.exposition import render_text
+from kvscope.render.exposition import render_text
 
 GOLDEN = Path(__file__).parent / "golden"
 # Values that depend on the test machine, not on the node: left out of the golden files.

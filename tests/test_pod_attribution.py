@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvscope.config import PdSettings
-from kvscope.parsers.hypernodes import parse_hypernodes, switch_chain
-from kvscope.pd_paths import (
+from kvscope.analysis.pd_paths import (
     REASON_NO_SHARED_IPC,
     REASON_NOT_VISIBLE,
     REASON_OK,
@@ -27,11 +25,13 @@ from kvscope.pd_paths import (
     role_and_group,
     visible_gpus,
 )
+from kvscope.analysis.topology_model import NodeTopology, P2PKind, P2PLink
+from kvscope.config import PdSettings
+from kvscope.parsers.hypernodes import parse_hypernodes, switch_chain
 from kvscope.sim.kubeapi import pod_object
 from kvscope.sim.kubelet import start_kubelet_sync
 from kvscope.sources.nvml import GpuIdentity
 from kvscope.sources.pod_resources import ContainerDevices, PodResourcesClient, PodResourcesError
-from kvscope.topology_model import NodeTopology, P2PKind, P2PLink
 from nvlink_support import sim_node
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import FrozenClock, sim_context
 from kvscope.app import build_runtime, start_sim_services
-from kvscope.exposition import render_text
+from kvscope.render.exposition import render_text
 from kvscope.sim.scenarios import all_scenarios
 
 DCGM_LABEL_KEYS = {"UUID", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION"}

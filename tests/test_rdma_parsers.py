@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvscope.analysis.qp_profiles import DeviceLimits, misfits
 from kvscope.config import DEFAULT_QP_PROFILES
 from kvscope.parsers.eadm import parse_stat
 from kvscope.parsers.qp_logs import classify, pod_from_path
@@ -19,7 +20,6 @@ from kvscope.parsers.rdma_sysfs import (
     parse_state,
 )
 from kvscope.parsers.rdma_tool import parse_resources
-from kvscope.qp_profiles import DeviceLimits, misfits
 
 ERDMA = DeviceLimits(device="erdma_0", max_qp=15359, max_qp_wr=8192, max_sge=1)
 MLX5 = DeviceLimits(device="mlx5_0", max_qp=131072, max_qp_wr=32768, max_sge=30)

@@ -8,7 +8,7 @@ import threading
 from conftest import FrozenClock, collector_up, parse, sim_context
 from kvscope.app import build_runtime
 from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
-from kvscope.families import gauge
+from kvscope.render.families import gauge
 from kvscope.runtime import Runtime
 
 

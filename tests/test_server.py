@@ -18,7 +18,7 @@ from aiohttp import web
 from agent import Agent, kvscope
 from conftest import parse, sim_context
 from kvscope.app import build_runtime
-from kvscope.server import build_app
+from kvscope.web.server import build_app
 
 
 @pytest.fixture(scope="module")

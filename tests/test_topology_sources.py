@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from kvscope.analysis.topology_model import P2PKind
 from kvscope.parsers.nvidia_smi_topo import parse_topo_matrix
 from kvscope.sim.topology import write_sysfs
 from kvscope.sources.nvml import GpuIdentity
@@ -18,7 +19,6 @@ from kvscope.sources.nvml_topology import (
     read_pairs,
 )
 from kvscope.sources.pci_sysfs import PciPlace, pci_place, rdma_nics, relation, sysfs_bus_id
-from kvscope.topology_model import P2PKind
 from nvlink_support import context, sim_node
 
 FIXTURES = Path(__file__).parent / "fixtures" / "topology"

@@ -18,9 +18,9 @@ from kvscope.collectors.registry import enabled as registry_enabled
 from kvscope.config import Config, ConfigError, set_dotted
 from kvscope.context import NodeContext
 from kvscope.runtime import Runtime
-from kvscope.server import build_app
-from kvscope.status_page import DoctorCache, NodeFacts
-from kvscope.webconfig import load_web_config, ssl_context
+from kvscope.web.server import build_app
+from kvscope.web.status_page import DoctorCache, NodeFacts
+from kvscope.web.webconfig import load_web_config, ssl_context
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 import click
 
 from kvscope import __version__
+from kvscope.collectors.dcgm_compat import GENERATIONS
 from kvscope.collectors.registry import CONFIGURABLE
 from kvscope.config import Config, ConfigError, load
-from kvscope.dcgm_compat import GENERATIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

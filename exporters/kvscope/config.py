@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from kvscope.collectors.dcgm_compat import DEFAULT_COMPAT, Compat
 from kvscope.collectors.registry import CONFIGURABLE, REGISTRY
-from kvscope.dcgm_compat import DEFAULT_COMPAT, Compat
 
 DEFAULT_PORT = 9447  # clashes with neither dcgm-exporter (9400) nor node_exporter (9100)
 _DEFAULT_ENABLED = {r.name: r.default_enabled for r in REGISTRY}
@@ -319,7 +319,7 @@ class PdSettings(Strict):
 
 
 class DcgmSettings(Strict):
-    """Which dcgm-exporter release the DCGM_* families imitate (kvscope.dcgm_compat)."""
+    """Which dcgm-exporter release the DCGM_* families imitate (kvscope.collectors.dcgm_compat)."""
 
     compat: Compat = Field(
         DEFAULT_COMPAT,

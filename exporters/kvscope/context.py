@@ -19,7 +19,7 @@ class NodeContext:
     sim: Any = None  # kvscope.sim.SimNode when serving the simulated node
     nvml: Any = None  # NVML library object shared by collectors: pynvml, or the sim's fake
     gpu_pods: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # UUID -> pod labels
-    topology: Any = None  # kvscope.topology_model.NodeTopology, set by the topology collector
+    topology: Any = None  # analysis.topology_model.NodeTopology; the topology collector sets it
     oneshot: bool = False  # `kvscope collect`: event tiers drain without waiting
 
     def nvml_library(self) -> Any:

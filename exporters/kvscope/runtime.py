@@ -32,8 +32,8 @@ from kvscope.collectors.base import (
     Schedule,
     Tier,
 )
-from kvscope.exposition import merge, render_openmetrics, render_text
-from kvscope.families import counter, gauge, info
+from kvscope.render.exposition import merge, render_openmetrics, render_text
+from kvscope.render.families import counter, gauge, info
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ import yaml
 
 import dashboards_helpers as dh
 from agent import REPO, Agent, free_port
-from kvscope import dcgm_compat
-from kvscope.dcgm_compat import Compat
+from kvscope.collectors import dcgm_compat
+from kvscope.collectors.dcgm_compat import Compat
 
 pytestmark = pytest.mark.integration
 
@@ -526,7 +526,7 @@ _DCGM_NAME = re.compile(r"\bDCGM_FI_[A-Z0-9_]+")
 
 
 def _renamed(expr: str, compat: Compat) -> str:
-    """A 4.8 query with each DCGM name as `compat` exports it (kvscope.dcgm_compat's table)."""
+    """A 4.8 query with each DCGM name as `compat` exports it (dcgm_compat's table)."""
     names = {f.naming("4.8").name: f.naming(compat).name for f in dcgm_compat.FIELDS}
     return _DCGM_NAME.sub(lambda m: names.get(m.group(0), m.group(0)), expr)
 

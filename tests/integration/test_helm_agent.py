@@ -21,7 +21,7 @@ from agent import Agent, free_port
 from helm_chart import SCENARIOS, agent_container, by_kind, render
 from kvscope.cli import _overrides, main
 from kvscope.config import Config, load
-from kvscope.webconfig import load_web_config
+from kvscope.web.webconfig import load_web_config
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent import Agent, free_port
-from kvscope.dcgm_compat import FIELDS, Compat
+from kvscope.collectors.dcgm_compat import FIELDS, Compat
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from kvscope.collectors.base import (
 from kvscope.collectors.registry import CONFIGURABLE, REGISTRY, build
 from kvscope.config import CollectorsConfig, ConfigError, load
 from kvscope.context import NodeContext
-from kvscope.families import gauge
+from kvscope.render.families import gauge
 from kvscope.runtime import Runtime
 
 

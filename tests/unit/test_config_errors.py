@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent import kvscope
 from kvscope.config import Config, _model_at, _unwrap, describe
-from kvscope.webconfig import WebConfig
+from kvscope.web.webconfig import WebConfig
 
 
 def _typo_everywhere(model: type[BaseModel], path: tuple[Any, ...] = ()) -> Iterator[

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import FrozenClock, sim_context
-from kvscope import doctor, status_page
+from kvscope import doctor
 from kvscope.app import build_runtime
-from kvscope.dcgm_compat import names_in_48_units
+from kvscope.collectors.dcgm_compat import names_in_48_units
+from kvscope.web import status_page
 
 
 def _gpu_lines(report: str) -> str:

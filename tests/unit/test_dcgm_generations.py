@@ -3,7 +3,7 @@
 For each `dcgm.compat` generation, the simulated node's exposition must carry every active row
 of that release's default-counters.csv that NVML can serve, with the CSV's name and type, and the
 value in the release's unit (tests/fixtures/dcgm/, see its README for sources). The 4.9/4.10 lists
-are derived (the shipped files were not available); kvscope.dcgm_compat marks those names so.
+are derived (the shipped files were not available); collectors/dcgm_compat.py marks them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from agent import kvscope
 from conftest import FrozenClock, parse, sim_context
 from kvscope.app import build_runtime
-from kvscope.dcgm_compat import BY_KEY, FIELDS, GENERATIONS, Compat, generation
+from kvscope.collectors.dcgm_compat import BY_KEY, FIELDS, GENERATIONS, Compat, generation
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dcgm"
 MIB = 1024 * 1024

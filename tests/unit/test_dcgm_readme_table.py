@@ -1,6 +1,6 @@
 """The README's side-by-side table of DCGM names is the compat table, rendered.
 
-Regenerate after changing kvscope/dcgm_compat.py: `python tests/unit/test_dcgm_readme_table.py`.
+After changing collectors/dcgm_compat.py, regenerate: `python tests/unit/test_dcgm_readme_table.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ START, END = "<!-- dcgm-generations -->", "<!-- /dcgm-generations -->"
 
 
 def render() -> str:
-    from kvscope.dcgm_compat import FIELDS, Naming
+    from kvscope.collectors.dcgm_compat import FIELDS, Naming
 
     def cell(naming: Naming, previous: Naming | None = None) -> str:
         name = "same" if previous is not None and naming.name == previous.name else (

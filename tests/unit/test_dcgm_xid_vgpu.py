@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import parse, sim_context
+from kvscope.analysis.xid import UNKNOWN_ERROR, XID_MESSAGES, dcgm_err_msg
 from kvscope.app import build_runtime
 from kvscope.sim.node import XidFault
-from kvscope.xid import UNKNOWN_ERROR, XID_MESSAGES, dcgm_err_msg
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dcgm"
 

@@ -32,7 +32,7 @@ async def _snapshots(scenario: str) -> tuple[Snapshot, Snapshot]:
 
 
 async def _findings(snap: Snapshot) -> list[Finding]:
-    from kvscope import doctor_sections  # noqa: F401
+    from kvscope.doctor import sections as _registers  # noqa: F401
 
     return [f for build in doctor.SECTIONS for f in (await build(snap)).findings]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvscope.exposition import FamilyCollision, merge, render_text
-from kvscope.families import Family, counter, gauge
+from kvscope.render.exposition import FamilyCollision, merge, render_text
+from kvscope.render.families import Family, counter, gauge
 
 
 def test_same_name_families_are_joined_in_order() -> None:

@@ -19,8 +19,8 @@ from kvscope.app import build_runtime, node_facts
 from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.doctor import Finding, Section, Severity, Snapshot
 from kvscope.runtime import Runtime
-from kvscope.server import build_app
-from kvscope.status_page import DoctorCache, explain
+from kvscope.web.server import build_app
+from kvscope.web.status_page import DoctorCache, explain
 
 HOSTILE = "<script>alert(1)</script>&node"
 
@@ -156,7 +156,7 @@ class Failing(Collector):
 
 async def test_doctor_runs_off_the_loop_cached_and_never_for_metrics(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvscope import doctor_sections  # noqa: F401 - the real sections register first
+    from kvscope.doctor import sections as _registers  # noqa: F401 - the real sections register first
 
     threads: list[str] = []
 

@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack
 
 from conftest import FrozenClock, parse, sim_context
 from kvscope.app import build_runtime, start_sim_services
-from kvscope.exposition import render_text
+from kvscope.render.exposition import render_text
 from kvscope.sim.scenarios import all_scenarios
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]

@@ -19,8 +19,8 @@ from agent import kvscope
 from conftest import sim_context
 from kvscope.app import build_runtime
 from kvscope.config import ConfigError
-from kvscope.server import build_app
-from kvscope.webconfig import load_web_config, ssl_context
+from kvscope.web.server import build_app
+from kvscope.web.webconfig import load_web_config, ssl_context
 
 # A refused handshake reads as an SSL error or, when the server drops it, a reset connection.
 REFUSED = (ssl.SSLError, ConnectionError)
@@ -282,7 +282,7 @@ def test_only_the_configured_client_ca_is_trusted(tmp_path: Path, pki: Pki) -> N
 
 def test_readme_table_names_every_web_config_key() -> None:
     from agent import REPO
-    from kvscope.webconfig import (
+    from kvscope.web.webconfig import (
         UNSUPPORTED_TOP_LEVEL,
         HttpServerConfig,
         TlsServerConfig,

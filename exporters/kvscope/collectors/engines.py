@@ -35,10 +35,10 @@ from prometheus_client.utils import floatToGoString
 from kvscope.collectors.base import Collector, PollResult, Pool, Schedule, Tier
 from kvscope.config import ENGINE_NAMES, EnginesConfig, PdSettings
 from kvscope.context import NodeContext
-from kvscope.families import counter, gauge, info, non_empty
 from kvscope.parsers.engines import FAMILIES, KEEP, Histogram, Normalized
 from kvscope.parsers.engines import normalize as normalize_payload
 from kvscope.parsers.exposition import ParseCache, ParseError, parse
+from kvscope.render.families import counter, gauge, info, non_empty
 from kvscope.sources.http_scrape import Scraped, ScrapeFailure, new_session, scrape
 
 log = logging.getLogger(__name__)

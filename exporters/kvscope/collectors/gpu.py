@@ -18,12 +18,13 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from kvscope import dcgm_compat
+from kvscope.analysis.xid import dcgm_err_msg, describe_xid
+from kvscope.collectors import dcgm_compat
 from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
+from kvscope.collectors.dcgm_compat import DEFAULT_COMPAT, Compat
 from kvscope.collectors.labels import gpu_identity_labels
 from kvscope.context import NodeContext
-from kvscope.dcgm_compat import DEFAULT_COMPAT, Compat
-from kvscope.families import Family, counter, gauge, non_empty
+from kvscope.render.families import Family, counter, gauge, non_empty
 from kvscope.sources.nvml import (
     FAST_READERS,
     SLOW_READERS,
@@ -35,7 +36,6 @@ from kvscope.sources.nvml import (
     NvmlUnavailable,
     XidEvent,
 )
-from kvscope.xid import dcgm_err_msg, describe_xid
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _kvscope(name: str, help_text: str, key: str) -> Spec:
 
 
 def dcgm_spec(key: str, compat: Compat) -> Spec:
-    """The family a DCGM reading is exported as under `compat` (kvscope.dcgm_compat's table)."""
+    """The family a DCGM reading is exported as under `compat` (dcgm_compat's table)."""
     entry = dcgm_compat.field(key)
     naming = entry.naming(compat)
     return Spec(naming.name, naming.kind, entry.help_for(compat), key,

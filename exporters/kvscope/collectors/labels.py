@@ -1,6 +1,6 @@
 """Shared label sets of GPU series: dcgm-exporter's identity labels per compat generation.
 
-DCGM_* families carry the keys of the selected dcgm-exporter release (kvscope.dcgm_compat);
+DCGM_* families carry the keys of the selected dcgm-exporter release (collectors/dcgm_compat.py);
 kvscope_* families keep `Hostname` and `DCGM_FI_DRIVER_VERSION` under every generation, so that
 kvscope's own rules and dashboards do not depend on the compat setting. An explicit
 `hostname_label` sets the key on both.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from kvscope.collectors.dcgm_compat import KVSCOPE_DRIVER_LABEL, KVSCOPE_HOSTNAME_KEY, generation
 from kvscope.config import Config
-from kvscope.dcgm_compat import KVSCOPE_DRIVER_LABEL, KVSCOPE_HOSTNAME_KEY, generation
 from kvscope.sources.nvml import GpuIdentity
 from kvscope.sources.pod_resources import ContainerDevices
 

@@ -9,7 +9,7 @@ and 18 x 2 series per GPU.
 ReadAndCacheNvLinkBandwidth): the change of TX+RX KiB summed over all links between two fast
 polls, divided by the seconds between them and by 1000, as an integer; 0 on the first poll. It is
 a rate between polls; its name, unit and type follow `dcgm.compat` (dcgm-exporter <= 4.8.2 types
-it counter, 4.8.3 and later gauge; 4.9 renames it to bytes/s, see kvscope.dcgm_compat), and its
+it counter, 4.8.3 and later gauge; 4.9 renames it to bytes/s, see dcgm_compat), and its
 value depends on the fast cadence. Use rate(kvscope_nvlink_transmit_bytes_total[...]) instead
 for anything new.
 """
@@ -24,10 +24,10 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from kvscope.collectors.base import Collector, PollResult, Pool, Schedule, Tier
+from kvscope.collectors.dcgm_compat import field as dcgm_field
 from kvscope.collectors.labels import gpu_identity_labels, hostname_key
 from kvscope.context import NodeContext
-from kvscope.dcgm_compat import field as dcgm_field
-from kvscope.families import Family, counter, gauge, info, non_empty
+from kvscope.render.families import Family, counter, gauge, info, non_empty
 from kvscope.sources.nvml import GpuIdentity, NvmlUnavailable
 from kvscope.sources.nvml_links import (
     NVLINK_VERSIONS,

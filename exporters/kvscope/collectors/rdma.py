@@ -23,10 +23,10 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from kvscope.analysis.qp_profiles import DeviceLimits, effective_request, misfits
 from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.config import QpProfile
 from kvscope.context import NodeContext
-from kvscope.families import Family, counter, gauge, info, non_empty
 from kvscope.parsers.eadm import STABLE_NAMES
 from kvscope.parsers.qp_logs import classify, pod_from_path
 from kvscope.parsers.rdma_sysfs import (
@@ -36,7 +36,7 @@ from kvscope.parsers.rdma_sysfs import (
     parse_module_bool,
     parse_port,
 )
-from kvscope.qp_profiles import DeviceLimits, effective_request, misfits
+from kvscope.render.families import Family, counter, gauge, info, non_empty
 from kvscope.sources.eadm import Eadm, EadmReport
 from kvscope.sources.log_follow import LogFollower
 from kvscope.sources.rdma_sysfs import SysfsRdma

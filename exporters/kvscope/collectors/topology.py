@@ -25,13 +25,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
-from kvscope.collectors.labels import mig_device_pods
-from kvscope.collectors.nvlink import gpu_labels
-from kvscope.context import NodeContext
-from kvscope.families import Family, gauge, info, non_empty
-from kvscope.parsers.hypernodes import parse_hypernodes, switch_chain
-from kvscope.pd_paths import (
+from kvscope.analysis.pd_paths import (
     GpuContainer,
     PdPair,
     PodMeta,
@@ -41,6 +35,12 @@ from kvscope.pd_paths import (
     pd_pairs,
     pod_meta,
 )
+from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
+from kvscope.collectors.labels import mig_device_pods
+from kvscope.collectors.nvlink import gpu_labels
+from kvscope.context import NodeContext
+from kvscope.parsers.hypernodes import parse_hypernodes, switch_chain
+from kvscope.render.families import Family, gauge, info, non_empty
 from kvscope.sources.kube import KubeClient, KubeError
 from kvscope.sources.nvml import NvmlUnavailable
 from kvscope.sources.nvml_links import Device, NvlinkSource

@@ -27,7 +27,7 @@ from kvscope.config import Config, set_dotted
 from kvscope.context import NodeContext
 
 if TYPE_CHECKING:
-    from kvscope.pd_paths import GpuContainer, PdPair
+    from kvscope.analysis.pd_paths import GpuContainer, PdPair
     from kvscope.runtime import Runtime
 
 Labels = Mapping[str, str]
@@ -162,7 +162,7 @@ def with_previous(snap: Snapshot, previous: Snapshot, window: float) -> Snapshot
 
 async def report(snap: Snapshot) -> tuple[str, int]:
     """The report and the exit code (1 when any finding is critical)."""
-    from kvscope import doctor_sections  # noqa: F401 - registers the sections
+    from kvscope.doctor import sections as _registers  # noqa: F401 - registers the sections
 
     sections = [await build(snap) for build in SECTIONS]
     critical = any(f.severity is Severity.CRITICAL for s in sections for f in s.findings)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from kvscope.analysis.topology_model import P2PKind
 from kvscope.doctor import Finding, Labels, Section, Severity, Snapshot, samples
-from kvscope.topology_model import P2PKind
 
 P = "kvscope_engine_"
 KV_FULL = 0.98  # usage at which the engine must preempt or refuse: critical

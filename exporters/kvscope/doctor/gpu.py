@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvscope.dcgm_compat import names_in_48_units
+from kvscope.collectors.dcgm_compat import names_in_48_units
 from kvscope.doctor import SECTIONS, Finding, Section, Severity, Snapshot, samples
 
 IMBALANCE_POINTS = 30.0  # busiest minus idlest utilisation, in percentage points

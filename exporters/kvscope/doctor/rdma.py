@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from kvscope.analysis.qp_profiles import DeviceLimits, misfits
 from kvscope.doctor import SECTIONS, Finding, Labels, Section, Severity, Snapshot, samples
-from kvscope.qp_profiles import DeviceLimits, misfits
 
 QP_USAGE_WARN = 0.85
 PORT_ACTIVE = 4

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from kvscope.doctor import SECTIONS, Finding, Section, Severity, Snapshot, samples
-from kvscope.pd_paths import (
+from kvscope.analysis.pd_paths import (
     REASON_NO_SHARED_IPC,
     REASON_NOT_VISIBLE,
     REASON_P2P_UNAVAILABLE,
     GpuContainer,
     PdPair,
 )
-from kvscope.topology_model import P2PKind
+from kvscope.analysis.topology_model import P2PKind
+from kvscope.doctor import SECTIONS, Finding, Section, Severity, Snapshot, samples
 
 GOOD_NIC_PATHS = ("PIX", "PXB")
 

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvscope.analysis.topology_model import NodeTopology, P2PKind, P2PLink
 from kvscope.sources.nvml import GpuIdentity, is_nvml_error
 from kvscope.sources.nvml_links import Device, LinkState, normalise_bus_id, optional_call
-from kvscope.topology_model import NodeTopology, P2PKind, P2PLink
 
 # nvmlGpuTopologyLevel_t -> the PCIe part of nvidia-smi's legend.
 PCIE_LEVELS: Mapping[int, P2PKind] = {

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvscope.topology_model import P2PKind
+from kvscope.analysis.topology_model import P2PKind
 
 
 @dataclass(frozen=True)

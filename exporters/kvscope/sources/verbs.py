@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from kvscope.analysis.qp_profiles import DeviceLimits
 from kvscope.config import QpProfile
-from kvscope.qp_profiles import DeviceLimits
 
 
 class VerbsUnavailableError(Exception):

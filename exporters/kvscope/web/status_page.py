@@ -20,8 +20,8 @@ from prometheus_client.core import Metric
 
 from kvscope import __version__
 from kvscope.collectors.base import Collector
+from kvscope.collectors.dcgm_compat import names_in_48_units
 from kvscope.context import NodeContext
-from kvscope.dcgm_compat import names_in_48_units
 from kvscope.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ class DoctorFinding:
 
 
 def _run_sections(ctx: NodeContext, view: Runtime) -> list[DoctorFinding]:
-    from kvscope import doctor, doctor_sections  # noqa: F401 - registers the sections
+    from kvscope import doctor
+    from kvscope.doctor import sections as _registers  # noqa: F401 - registers the sections
 
     snap = doctor.local_snapshot(ctx, view)
 

@@ -33,10 +33,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvscope.analysis.topology_model import NodeTopology, P2PKind, P2PLink
 from kvscope.config import PdSettings
 from kvscope.sources.nvml import GpuIdentity
 from kvscope.sources.pod_resources import ContainerDevices
-from kvscope.topology_model import NodeTopology, P2PKind, P2PLink
 
 ROLE_PREFILL = "prefill"
 ROLE_DECODE = "decode"

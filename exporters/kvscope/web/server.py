@@ -12,11 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from kvscope import status_page
-from kvscope.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from kvscope.render.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from kvscope.runtime import Runtime
-from kvscope.status_page import DoctorCache, NodeFacts
-from kvscope.webconfig import BasicAuth, WebConfig, subject_alt_names
+from kvscope.web import status_page
+from kvscope.web.status_page import DoctorCache, NodeFacts
+from kvscope.web.webconfig import BasicAuth, WebConfig, subject_alt_names
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Pure domain logic: PD paths, PCI relations, QP profiles, XID catalogue, topology model."""

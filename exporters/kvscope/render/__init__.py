@@ -1,0 +1,1 @@
+"""Metric families to exposition bytes (text, OpenMetrics), and the family builders."""

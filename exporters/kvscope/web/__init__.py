@@ -1,0 +1,1 @@
+"""The HTTP server, its index page and its web configuration (TLS, basic auth)."""
