@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,3 +93,20 @@ def collector_up(series: Iterable[tuple[Mapping[str, str], float]]) -> dict[str,
         name = labels["collector"]
         out[name] = min(out.get(name, 1.0), value)
     return out
+
+
+TESTS = Path(__file__).resolve().parent
+# Markers by directory, so a test's place says what it needs: `-m "not integration and not e2e"`
+# runs the unit tests alone.
+_MARKER_OF_DIR = {"integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            top = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        marker = _MARKER_OF_DIR.get(top)
+        if marker is not None:
+            item.add_marker(getattr(pytest.mark, marker))

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 
 import pytest
+from test_promtool import COUNTER_IN_NAME
 
 from rdma_helpers import FIXTURES, cli
-from test_promtool import COUNTER_IN_NAME
 
 pytestmark = pytest.mark.integration
 

@@ -63,7 +63,7 @@ class HwTraffic:
 # The one table of hw_counters traffic per driver, tried in order when a port has no PMA data
 # counters; a row applies when any of its files exists. Names are the kernel's sysfs names
 # (rdma_stat_desc tables of drivers/infiniband/hw/{erdma,irdma,bnxt_re,efa}). The README's RDMA
-# section repeats this table; tests/test_rdma_readme.py keeps the two in step.
+# section repeats this table; tests/unit/docs/test_rdma_readme.py keeps the two in step.
 HW_TRAFFIC: tuple[HwTraffic, ...] = (
     HwTraffic("erdma_oot", ("hw_tx_bytes_cnt",), ("hw_rx_bytes_cnt",), ("hw_tx_packets_cnt",),
               ("hw_rx_packets_cnt",)),

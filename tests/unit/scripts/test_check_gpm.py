@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_gpm.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "check_gpm.py"
 spec = importlib.util.spec_from_file_location("check_gpm", SCRIPT)
 assert spec and spec.loader
 check_gpm = importlib.util.module_from_spec(spec)

@@ -21,7 +21,7 @@ from kvscope.sources.nvml_topology import (
 from kvscope.sources.pci_sysfs import PciPlace, pci_place, rdma_nics, relation, sysfs_bus_id
 from nvlink_support import context, sim_node
 
-FIXTURES = Path(__file__).parent / "fixtures" / "topology"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "topology"
 
 
 def _matrix(scenario: str) -> dict[tuple[int, int], str]:

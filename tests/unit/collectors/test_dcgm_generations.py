@@ -20,7 +20,7 @@ from conftest import FrozenClock, parse, sim_context
 from kvscope.app import build_runtime
 from kvscope.collectors.dcgm_compat import BY_KEY, FIELDS, GENERATIONS, Compat, generation
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dcgm"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "dcgm"
 MIB = 1024 * 1024
 # Rows NVML cannot serve on the simulated node: the H100s are not vGPU guests.
 NOT_SERVABLE = {"DCGM_FI_DEV_VGPU_LICENSE_STATUS"}

@@ -9,7 +9,7 @@ from kvscope.analysis.xid import UNKNOWN_ERROR, XID_MESSAGES, dcgm_err_msg
 from kvscope.app import build_runtime
 from kvscope.sim.node import XidFault
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dcgm"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "dcgm"
 
 
 def recorded_xid_messages() -> dict[int, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-VALUES = Path(__file__).resolve().parents[2] / "helm" / "kvscope" / "values.yaml"
+VALUES = Path(__file__).resolve().parents[3] / "helm" / "kvscope" / "values.yaml"
 KEY = re.compile(r"^(?P<indent> *)(?P<item>- )?(?P<key>[A-Za-z][\w./-]*):")
 # Parents whose children are Kubernetes API fields, documented by the parent's comment.
 PASS_THROUGH = {("resources",), ("updateStrategy",), ("nodeSelector",), ("probes", "startup"),

@@ -16,7 +16,7 @@ from kvscope.app import build_context
 from kvscope.config import Config
 from nvlink_support import collect, samples, sim_node
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "exporters")}
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from kvscope.config import Config, EngineTarget, KubernetesSettings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://(\[[0-9a-fA-F:]+\]|[^\s/:\"'`<>)\]},;\\]+)")
 # Recorded upstream formats where an address is data, never a target (label values, log text).
 # This file spells bad addresses on purpose, to test the guard.
-DATA_FILES = ("tests/fixtures/", "tests/unit/test_no_dialled_addresses.py")
+DATA_FILES = ("tests/fixtures/", "tests/unit/repo/test_no_dialled_addresses.py")
 BARE_PRIVATE = re.compile(r"\b(?:10(?:\.\d{1,3}){3}|172\.(?:1[6-9]|2\d|3[01])(?:\.\d{1,3}){2}|"
                           r"192\.168(?:\.\d{1,3}){2}|169\.254(?:\.\d{1,3}){2})\b")
 DOC_HOSTS = {"github.com", "prometheus.io", "docs.nvidia.com", "kubernetes.io", "grafana.com",

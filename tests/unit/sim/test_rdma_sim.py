@@ -10,32 +10,10 @@ from pathlib import Path
 
 import kvscope.sim.rdma as sim_rdma
 from kvscope import doctor
-from kvscope.app import build_context, collect_once, start_sim_services
+from kvscope.app import build_context, start_sim_services
 from kvscope.config import load
-from kvscope.sim.node import SimNode
-from kvscope.sim.scenarios import SimOptions, build_scenario
 from kvscope.sources.verbs import VerbsSource
-from rdma_helpers import cli, collector_up, samples, value
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def node_for(scenario: str, clock: Clock, fault_delay: float = 0.0) -> SimNode:
-    return build_scenario(scenario, SimOptions(clock=clock, fault_delay=fault_delay,
-                                               latency_scale=0.0))
-
-
-async def scrape(node: SimNode, **overrides: object) -> dict[str, list[tuple[dict[str, str],
-                                                                              float]]]:
-    config = load(None, {"collectors.gpu.enabled": False, **overrides})
-    ctx = build_context(config, oneshot=True, sim_node=node)
-    return samples((await collect_once(ctx)).decode())
+from rdma_helpers import Clock, cli, collector_up, node_for, scrape, value
 
 
 async def test_default_node_has_four_hdr_ib_ports() -> None:

@@ -1,6 +1,7 @@
 """Golden exposition per scenario: the GPU collector's output on the frozen simulated node.
 
-Regenerate after an intended change with `KVSCOPE_UPDATE_GOLDEN=1 pytest tests/test_golden.py`
+Regenerate after an intended change with
+`KVSCOPE_UPDATE_GOLDEN=1 pytest tests/unit/collectors/test_golden.py`
 and review the diff like code.
 """
 
@@ -15,7 +16,7 @@ from conftest import FrozenClock, sim_context
 from kvscope.app import build_runtime
 from kvscope.render.exposition import render_text
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 # Values that depend on the test machine, not on the node: left out of the golden files.
 VOLATILE = ("process_", "kvscope_collector_duration_seconds",
             "kvscope_collector_last_success_timestamp_seconds", "kvscope_build_info")

@@ -8,9 +8,13 @@ from pathlib import Path
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvscope.app import build_context, collect_once
 from kvscope.cli import main
+from kvscope.config import load
+from kvscope.sim.node import SimNode
+from kvscope.sim.scenarios import SimOptions, build_scenario
 
-FIXTURES = Path(__file__).parent / "fixtures" / "rdma"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rdma"
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -55,3 +59,24 @@ def collector_up(found: dict[str, list[tuple[dict[str, str], float]]], collector
     values = [v for lb, v in found.get("kvscope_collector_up", []) if lb["collector"] == collector]
     assert values, f"no kvscope_collector_up for {collector}"
     return min(values)
+
+
+# The simulated node's RDMA, read through the production collector (GPU collector off).
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def node_for(scenario: str, clock: Clock, fault_delay: float = 0.0) -> SimNode:
+    return build_scenario(scenario, SimOptions(clock=clock, fault_delay=fault_delay,
+                                               latency_scale=0.0))
+
+
+async def scrape(node: SimNode, **overrides: object) -> dict[str, list[tuple[dict[str, str],
+                                                                              float]]]:
+    config = load(None, {"collectors.gpu.enabled": False, **overrides})
+    ctx = build_context(config, oneshot=True, sim_node=node)
+    return samples((await collect_once(ctx)).decode())

@@ -10,10 +10,10 @@ import pytest
 
 from kvscope.parsers.eadm import STABLE_NAMES
 from kvscope.parsers.rdma_sysfs import HW_TRAFFIC
-from rdma_helpers import FIXTURES, cli, eadm_printing, samples
-from test_rdma_sim import Clock, node_for, scrape
+from rdma_helpers import FIXTURES, Clock, cli, eadm_printing, node_for, samples, scrape
 
-README = Path(__file__).parent.parent / "README.md"
+REPO = Path(__file__).resolve().parents[3]
+README = REPO / "README.md"
 
 
 def documented() -> set[str]:
@@ -40,7 +40,7 @@ def test_every_exported_rdma_family_is_documented(scenario: str, tmp_path: Path)
 
 def test_every_documented_family_is_produced_by_the_code() -> None:
     source = "".join(p.read_text() for p in
-                     (Path(__file__).parent.parent / "exporters/kvscope/collectors").glob("*.py"))
+                     (REPO / "exporters/kvscope/collectors").glob("*.py"))
     for name in documented():
         assert name in source or name in STABLE_NAMES.values() or \
             name.startswith("kvscope_rdma_device_max_"), name

@@ -17,8 +17,17 @@ from kvscope.config import ConfigError, load
 from kvscope.parsers.eadm import STABLE_NAMES, parse_stat
 from kvscope.parsers.rdma_sysfs import Rate, RawPort, parse_module_bool, parse_port, parse_rate
 from kvscope.render.exposition import render_text
-from rdma_helpers import FIXTURES, cli, collector_up, eadm_printing, samples, value
-from test_rdma_sim import Clock, node_for, scrape
+from rdma_helpers import (
+    FIXTURES,
+    Clock,
+    cli,
+    collector_up,
+    eadm_printing,
+    node_for,
+    samples,
+    scrape,
+    value,
+)
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "alerts"
 RUNBOOK_BASE = "https://kvscope.example/alerts/runbooks"
 

@@ -1,6 +1,7 @@
 """The README's side-by-side table of DCGM names is the compat table, rendered.
 
-After changing collectors/dcgm_compat.py, regenerate: `python tests/unit/test_dcgm_readme_table.py`.
+After changing collectors/dcgm_compat.py, regenerate:
+`python tests/unit/docs/test_dcgm_readme_table.py`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 START, END = "<!-- dcgm-generations -->", "<!-- /dcgm-generations -->"
 
 
@@ -41,7 +42,7 @@ def current() -> str:
 
 
 def test_readme_table_matches_the_code() -> None:
-    assert current() == render(), "run: python tests/unit/test_dcgm_readme_table.py"
+    assert current() == render(), "run: python tests/unit/docs/test_dcgm_readme_table.py"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kvscope"
 SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 # Every Prometheus Operator API the chart may render, as `helm --api-versions` names them.

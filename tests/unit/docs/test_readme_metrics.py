@@ -12,7 +12,7 @@ from conftest import FrozenClock, sim_context
 from kvscope.app import build_runtime, start_sim_services
 from kvscope.sim.scenarios import all_scenarios
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 ROW = re.compile(r"^\| ((?:`[A-Za-z_:][A-Za-z0-9_:]*`(?:, )?)+) \|", re.MULTILINE)
 
 

@@ -43,7 +43,7 @@ from kvscope.collectors.dcgm_compat import Compat
 
 pytestmark = pytest.mark.integration
 
-NODE = "e2e-node"          # tests/agent.py's NODE_NAME; the scrape sets instance to it
+NODE = "e2e-node"          # tests/support/agent.py's NODE_NAME; the scrape sets instance to it
 DEADLINE_S = 90            # from start-up, for every scenario's data to appear (a busy machine)
 RULES = sorted((REPO / "alerts" / "rules").glob("*.yaml"))
 

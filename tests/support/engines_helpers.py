@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-FIXTURES = Path(__file__).parent / "fixtures" / "engines"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "engines"
 P = "kvscope_engine_"
 
 
