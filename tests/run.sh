@@ -25,4 +25,10 @@ for setup in tests/setup.d/*.sh; do
   [ -e "$setup" ] && bash "$setup"
 done
 
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# In parallel (pytest-xdist), one test module per worker at a time so that a module's shared
+# Prometheus or image build is set up once. More workers than cores: the long tests mostly wait on
+# Prometheus' scrape and `for:` intervals. KVSCOPE_TEST_WORKERS=0 runs everything in one process.
+workers="${KVSCOPE_TEST_WORKERS:-4}"
+parallel=()
+[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
+.venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" "$@"
