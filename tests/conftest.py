@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvscope.app import build_context, build_runtime
+from kvscope.app import build_context, build_runtime, start_sim_services
 from kvscope.config import load
 from kvscope.context import NodeContext
 from kvscope.sim.scenarios import SimOptions, build_scenario
@@ -56,6 +58,24 @@ def sim_context(scenario: str, clock: Callable[[], float] | None = None,
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+async def two_poll_families(scenario: str) -> list[Metric]:
+    """Every collector on, over the scenario's fake services, polled twice five seconds apart
+    (so rates and deltas have a previous sample): the families a scrape would then serve."""
+    clock = FrozenClock()
+    ctx = sim_context(scenario, clock=clock, overrides={
+        f"collectors.{c}.enabled": True for c in ("nvlink", "topology", "rdma", "engines")})
+    async with AsyncExitStack() as stack:
+        await start_sim_services(ctx, stack)
+        runtime = build_runtime(ctx)
+        try:
+            await runtime.poll_all_once()
+            clock.advance(5)
+            await runtime.poll_all_once()
+            return list(runtime.families())
+        finally:
+            await runtime.stop()
 
 
 def parse(body: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:

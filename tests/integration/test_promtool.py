@@ -13,12 +13,10 @@ import asyncio
 import re
 import shutil
 import subprocess
-from contextlib import AsyncExitStack
 
 import pytest
 
-from conftest import FrozenClock, sim_context
-from kvscope.app import build_runtime, start_sim_services
+from conftest import two_poll_families
 from kvscope.render.exposition import render_text
 from kvscope.sim.scenarios import all_scenarios
 
@@ -31,17 +29,7 @@ CAMEL = re.compile(r"^(\S+) label names should be written in 'snake_case' not 'c
 
 
 async def kvscope_families(scenario: str) -> str:
-    clock = FrozenClock()
-    ctx = sim_context(scenario, clock=clock, overrides={
-        f"collectors.{c}.enabled": True for c in ("nvlink", "topology", "rdma", "engines")})
-    async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
-        runtime = build_runtime(ctx)
-        await runtime.poll_all_once()
-        clock.advance(5)
-        await runtime.poll_all_once()
-        families = [f for f in runtime.families() if f.name.startswith("kvscope_")]
-        await runtime.stop()
+    families = [f for f in await two_poll_families(scenario) if f.name.startswith("kvscope_")]
     return render_text(families).decode()
 
 

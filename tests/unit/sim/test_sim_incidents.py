@@ -3,10 +3,7 @@ production collectors: what each one must show for its alert to fire."""
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
-
-from conftest import FrozenClock, parse, sim_context
-from kvscope.app import build_runtime, start_sim_services
+from conftest import parse, two_poll_families
 from kvscope.render.exposition import render_text
 from kvscope.sim.scenarios import all_scenarios
 
@@ -14,18 +11,7 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 async def collect(scenario: str) -> Samples:
-    clock = FrozenClock()
-    ctx = sim_context(scenario, clock=clock, overrides={
-        f"collectors.{c}.enabled": True for c in ("nvlink", "topology", "rdma", "engines")})
-    async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
-        runtime = build_runtime(ctx)
-        await runtime.poll_all_once()
-        clock.advance(5)
-        await runtime.poll_all_once()
-        body = render_text(list(runtime.families()))
-        await runtime.stop()
-    return parse(body)
+    return parse(render_text(await two_poll_families(scenario)))
 
 
 def test_the_incidents_are_listed() -> None:
