@@ -20,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -255,11 +254,11 @@ class EnginesConfig(CollectorConfig):
     targets: tuple[EngineTarget, ...] = ()
     # Also scrape pods on this node marked by annotation or carrying a PD role label.
     discovery: bool = True
-    discovery_interval: PositiveFloat = 30.0  # seconds between pod list refreshes
+    discovery_interval: Seconds = 30.0  # seconds between pod list refreshes
     # Seconds one pod list may take; on failure the last good list is kept.
-    discovery_timeout: PositiveFloat = 1.0
+    discovery_timeout: Seconds = 1.0
     # Seconds one target's scrape may take; with discovery_timeout it must fit in `timeout`.
-    target_timeout: PositiveFloat = 2.5
+    target_timeout: Seconds = 2.5
     # Larger bodies (after gunzip) are refused while they are read: reason too_large.
     max_response_bytes: PositiveInt = 4 * 1024 * 1024
     annotations: EngineAnnotations = EngineAnnotations()
@@ -326,7 +325,7 @@ class KubernetesSettings(Strict):
     api_url: str | None = Field(None, description="e.g. https://127.0.0.1:6443; default in-cluster")
     token_file: Path | None = None
     ca_file: Path | None = None
-    timeout: PositiveFloat = Field(
+    timeout: Seconds = Field(
         3.0, description="seconds one API read may take; below collectors.topology.timeout, so "
                          "a slow API is reported as such instead of failing the whole poll")
     max_response_bytes: PositiveInt = Field(

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kvscope.config import (
     MAX_DEPTH,
@@ -18,6 +19,7 @@ from kvscope.config import (
     WEEK_SECONDS,
     Config,
     ConfigError,
+    _unwrap,
     load,
     parse_port,
     read_file,
@@ -164,12 +166,24 @@ def test_numbers_too_long_to_be_meant_are_one_line(tmp_path: Path, digits: str) 
     assert f"line 1, column 19: a number of {len(digits)} characters (at most 100)" in line
 
 
-SECONDS_FIELDS = [
-    "collectors.gpu.cadence.fast", "collectors.nvlink.cadence.slow",
-    "collectors.rdma.cadence.static", "collectors.gpu.timeout", "collectors.topology.timeout",
-    "collectors.gpu.xid_wait", "collectors.gpu.min_gpm_window", "collectors.rdma.eadm_timeout",
-    "collectors.rdma.rdma_tool_timeout",
-]
+def _float_fields(model: type[BaseModel], path: str = "") -> Iterator[str]:
+    """Dotted names of every float setting in the config, sections inside sections included."""
+    for name, field in model.model_fields.items():
+        inner = _unwrap(field.annotation)
+        if inner is float:
+            yield f"{path}{name}"
+        elif isinstance(inner, type) and issubclass(inner, BaseModel):
+            yield from _float_fields(inner, f"{path}{name}.")
+
+
+FLOAT_FIELDS = sorted(_float_fields(Config))
+# Cadences, timeouts, waits and windows: the Seconds type. The one other float is a factor.
+SECONDS_FIELDS = [f for f in FLOAT_FIELDS if f != "staleness_factor"]
+
+
+def test_every_float_setting_is_seen() -> None:
+    assert len(FLOAT_FIELDS) > 15 and "collectors.engines.target_timeout" in FLOAT_FIELDS
+    assert "kubernetes.timeout" in FLOAT_FIELDS and "collectors.gpu.cadence.fast" in FLOAT_FIELDS
 
 
 def _nested(dotted: str, value: object) -> dict[str, object]:
@@ -194,7 +208,19 @@ def test_seconds_are_finite_positive_and_at_most_a_week(field: str, value: objec
     with pytest.raises(ValidationError, match=re.escape(reason)) as err:
         Config.model_validate(_nested(field, value))
     assert ".".join(str(p) for p in err.value.errors()[0]["loc"]) == field
-    Config.model_validate(_nested(field, 0.5))
+
+
+def test_seconds_take_a_millisecond_and_a_whole_week() -> None:
+    cadence = Config.model_validate(_nested("collectors.rdma.cadence", {
+        "fast": 0.001, "slow": 1, "static": WEEK_SECONDS})).collectors.rdma.cadence
+    assert (cadence.fast, cadence.static) == (0.001, WEEK_SECONDS)
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_no_float_setting_takes_an_infinity_or_nan(field: str, value: float) -> None:
+    with pytest.raises(ValidationError, match="Input should be a finite number"):
+        Config.model_validate(_nested(field, value))
 
 
 @pytest.mark.parametrize("yaml_value", [".inf", ".nan", "-.inf", ".Inf"])
