@@ -69,7 +69,7 @@ async def test_a_target_with_churning_labels_keeps_the_agent_bounded(
     tracemalloc.start()
     sizes, memory = [], []
     try:
-        for scrape in range(40):
+        for _ in range(40):
             families = (await collector.poll(Tier.FAST, pool)).families
 
             state = collector._states[url]
