@@ -11,6 +11,11 @@ from kvscope.collectors.process import ProcessCollector
 from kvscope.runtime import BlockingPool
 
 
+def _rss_bytes() -> int:
+    status = Path(f"/proc/{os.getpid()}/status").read_text().splitlines()
+    return next(int(ln.split()[1]) for ln in status if ln.startswith("VmRSS:")) * 1024
+
+
 async def _values(collector: ProcessCollector, pool: BlockingPool) -> dict[str, float]:
     result = await collector.poll(Tier.FAST, pool)
     assert result.errors == ()
@@ -36,8 +41,6 @@ async def test_reports_this_process_from_the_pool_thread() -> None:
     finally:
         pool.shutdown()
     assert readers == ["kvscope-self-fast"] * 2  # /proc is read in the pool, not on the loop
-    status = Path(f"/proc/{os.getpid()}/status").read_text().splitlines()
-    rss_kib = next(int(ln.split()[1]) for ln in status if ln.startswith("VmRSS:"))
-    assert 0.5 < after["process_resident_memory_bytes"] / (rss_kib * 1024) < 2
+    assert 0.5 < after["process_resident_memory_bytes"] / _rss_bytes() < 2
     assert after["process_cpu_seconds_total"] > before["process_cpu_seconds_total"]
     assert after["process_open_fds"] >= 3 and after["process_max_fds"] >= after["process_open_fds"]
