@@ -257,9 +257,11 @@ async def test_a_password_over_72_bytes_is_401_not_500(https) -> None:  # type: 
         await runtime.stop()
 
 
-VALID = _hash(b"s3cret", 4)
+VALID = "$2b$04$zlG5pX74oqSrLEJ4/VROOuiBGCOTUwY4lg1nWxsdzFvq7aM0AJdU."  # "s3cret", cost 4
+# (fixed, not made per run: the ids of the parametrized test below must be the same in every
+# pytest-xdist worker)
 # The last salt character carries unused bits: the format is right and bcrypt still refuses it.
-NON_CANONICAL_SALT = VALID[:28] + ("A" if VALID[28] != "A" else "B") + VALID[29:]
+NON_CANONICAL_SALT = VALID[:28] + "A" + VALID[29:]
 
 
 @pytest.mark.parametrize("hashed", ["$2b$12$abc", "$2b$12$" + "!" * 53, VALID[:-1],
