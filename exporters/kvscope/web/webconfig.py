@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from kvscope.config import ConfigError, describe, read_file
+from kvscope.config import ConfigError, clip, describe, read_file
 from kvscope.web.auth import hash_problem
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def load_web_config(path: Path) -> WebConfig:
     for user, hashed in cfg.basic_auth_users.items():
         problem = hash_problem(hashed)
         if problem is not None:
-            raise ConfigError(f"web config {path}: basic_auth_users.{user} {problem}")
+            raise ConfigError(f"web config {path}: basic_auth_users.{clip(user)} {problem}")
     if cfg.tls_server_config is not None:
         # Relative paths are relative to the web config file, as in exporter-toolkit.
         cfg = cfg.model_copy(update={"tls_server_config": _relative_to(
