@@ -114,10 +114,12 @@ class Server:
                 proc.wait()
 
 
-def start_sim_services(shape: NodeShape) -> tuple[subprocess.Popen[bytes], str]:
+def start_sim_services(shape: NodeShape, faults: float = 0.0,
+                       ) -> tuple[subprocess.Popen[bytes], str]:
     """The simulator's services in their own process; returns it and its config overrides."""
-    proc = subprocess.Popen([sys.executable, str(BENCH / "sim_services.py"), shape.to_json()],
-                            env=child_env(), cwd=REPO, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(BENCH / "sim_services.py"), shape.to_json(),
+                             f"--faults={faults:g}"], env=child_env(), cwd=REPO,
+                            stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if not line:
@@ -125,11 +127,12 @@ def start_sim_services(shape: NodeShape) -> tuple[subprocess.Popen[bytes], str]:
     return proc, line.strip()
 
 
-def sim_kvscope(shape: NodeShape, name: str = "kvscope") -> Server:
-    services, overrides = start_sim_services(shape)
+def sim_kvscope(shape: NodeShape, name: str = "kvscope", faults: float = 0.0) -> Server:
+    """kvscope on the simulated node; `faults`: toggle bench/soak_faults.py every N seconds."""
+    services, overrides = start_sim_services(shape, faults)
     port = free_port()
     server = Server(name, [sys.executable, str(BENCH / "sim_agent.py"), shape.to_json(),
-                           overrides, f"127.0.0.1:{port}"], port)
+                           overrides, f"127.0.0.1:{port}", f"--faults={faults:g}"], port)
     server.helpers.append(services)
     return server
 
