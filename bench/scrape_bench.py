@@ -270,8 +270,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         servers = [sim_kvscope(NodeShape()), naive_exporter(False)]
     body_file = Path(tempfile.mkstemp(suffix=".prom")[1])
     try:
-        for s in servers:
-            s.start()
+        for s in list(servers):
+            try:
+                s.start()
+            except SystemExit as exc:  # a peer that cannot start is reported, not fatal
+                if s is servers[0]:
+                    raise
+                print(f"left out: {exc}", file=sys.stderr, flush=True)
+                s.stop()
+                servers.remove(s)
         print(f"started: {', '.join(s.name for s in servers)}", flush=True)
         wait_past_first_polls(servers, args.warmup)
         with urllib.request.urlopen(servers[0].url) as resp:
@@ -446,6 +453,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         twin = ax.twinx()
         twin.plot(xs, [p["series"] for p in points], marker="s", color="tab:orange")
         twin.set_ylabel("series", color="tab:orange")
+        ax.set_ylim(bottom=0)
+        twin.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -471,6 +480,8 @@ def main() -> None:
     parser.add_argument("--no-sweeps", action="store_true", help="skip the growth sweeps")
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
     args = parser.parse_args()
+    # A timeout's SIGTERM unwinds like Ctrl-C, so every server started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     out_dir = args.out_dir or default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -480,17 +491,21 @@ def main() -> None:
                               "command": " ".join(["python3", "bench/scrape_bench.py",
                                                    *sys.argv[1:]])}
     result["compare"] = compare(args)
+    write(result, out_dir)  # the comparison is kept even if the sweeps are cut short
     if not args.no_sweeps:
         result["sweeps"] = sweeps(args)
-    table = markdown(result)
-    print(table)
-    (out_dir / "results.md").write_text(table)
+        write(result, out_dir)
+    print(markdown(result))
+
+
+def write(result: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "results.md").write_text(markdown(result))
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     try:
         plot(result, out_dir / "results.png")
     except ImportError as exc:  # matplotlib is in the bench extra; the tables stand alone
         print(f"no plot: {exc}", file=sys.stderr)
-    print(f"wrote {out_dir}/results.md, results.json, results.png")
+    print(f"wrote {out_dir}/results.md, results.json, results.png", flush=True)
 
 
 if __name__ == "__main__":
