@@ -27,7 +27,7 @@ from kvscope.analysis.qp_profiles import DeviceLimits, effective_request, misfit
 from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.config import QpProfile
 from kvscope.context import NodeContext
-from kvscope.parsers.eadm import STABLE_NAMES
+from kvscope.parsers.eadm import STABLE_NAMES, EadmStats, parse_stat, parse_version
 from kvscope.parsers.qp_logs import classify, pod_from_path
 from kvscope.parsers.rdma_sysfs import (
     Identity,
@@ -36,11 +36,13 @@ from kvscope.parsers.rdma_sysfs import (
     parse_module_bool,
     parse_port,
 )
+from kvscope.parsers.rdma_tool import Resources, parse_resources
 from kvscope.render.families import Family, counter, gauge, info, non_empty
-from kvscope.sources.eadm import Eadm, EadmReport
+from kvscope.sources.command import CommandResult, Outcome
+from kvscope.sources.eadm import Eadm, EadmOutput
 from kvscope.sources.log_follow import LogFollower
 from kvscope.sources.rdma_sysfs import SysfsRdma
-from kvscope.sources.rdma_tool import RdmaTool, ToolOutcome
+from kvscope.sources.rdma_tool import RdmaTool
 from kvscope.sources.verbs import (
     ProbeResult,
     VerbsReport,
@@ -325,24 +327,55 @@ class RdmaCollector(Collector):
         families: list[Metric] = []
         errors: dict[str, CollectorError] = {}  # one error per reason and poll
         if eadm is not None:
-            families += self._eadm_families(eadm)
-            for failure in eadm.failures:
-                errors.setdefault(failure.reason, CollectorError(failure.reason, failure.message))
-        if tool.timed_out is not None:
-            errors["rdma_tool_timeout"] = CollectorError("rdma_tool_timeout", tool.timed_out)
-        elif tool.unavailable is not None:
-            self._note_once("rdma-tool", f"no QP counts: {tool.unavailable}")
-        families += self._resource_families(tool)
+            stats, version = self._eadm_records(eadm, errors)
+            families += self._eadm_families(stats, version)
+        families += self._resource_families(self._tool_records(tool, errors))
         families += self._probe_families(probes)
         self._count_log_lines(lines)
         families += self._log_families()
         families += self._parse_error_family(("eadm", "rdma_tool", "verbs"))
         return PollResult(families, tuple(errors.values()))
 
-    async def _eadm_read(self, devices: list[str]) -> EadmReport | None:
+    async def _eadm_read(self, devices: list[str]) -> EadmOutput | None:
         if not devices or not self._eadm.available:
             return None
         return await self._eadm.read(devices, want_version=self._driver_version is None)
+
+    def _eadm_records(self, out: EadmOutput, errors: dict[str, CollectorError],
+                      ) -> tuple[dict[str, EadmStats], str | None]:
+        """Parsed counters of the devices whose eadm call worked; every failure in `errors`."""
+        stats: dict[str, EadmStats] = {}
+        for dev, result in out.stats.items():
+            if not result.ok:
+                _add_error(errors, _command_error("eadm", result, self._eadm.timeout))
+                continue
+            parsed = parse_stat(result.stdout)
+            if parsed.error is not None:
+                _add_error(errors, CollectorError(
+                    "eadm_parse", f"eadm stat -d {dev}: {parsed.error}"))
+            stats[dev] = parsed  # kept even when empty: its malformed lines still count
+        version = None
+        if out.version is not None:
+            if out.version.ok:
+                version = parse_version(out.version.stdout)
+            else:
+                _add_error(errors, _command_error("eadm", out.version, self._eadm.timeout))
+        return stats, version
+
+    def _tool_records(self, tool: CommandResult | None,
+                      errors: dict[str, CollectorError]) -> Resources | None:
+        """QP counts from `rdma resource show`. A hung or flooding tool is an error; a tool that
+        is absent or refused (no RDMA netlink in this network namespace) is "no data"."""
+        if tool is None:
+            self._note_once("rdma-tool", "no QP counts: rdma tool not installed")
+            return None
+        if tool.outcome in (Outcome.TIMEOUT, Outcome.TOO_LARGE):
+            _add_error(errors, _command_error("rdma_tool", tool, self._tool.timeout))
+            return None
+        if not tool.ok:
+            self._note_once("rdma-tool", f"no QP counts: {tool.describe(self._tool.timeout)}")
+            return None
+        return parse_resources(tool.stdout)
 
     def _blocking_slow(self) -> tuple[list[ProbeResult], list[tuple[str, list[str]]]]:
         probes = self._run_probes() if self._cfg.probe else []
@@ -359,14 +392,15 @@ class RdmaCollector(Collector):
                 results.append(self._verbs.probe(dev, request, limits.max_cqe))
         return results
 
-    def _eadm_families(self, report: EadmReport) -> list[Metric]:
-        if report.version is not None:
-            self._driver_version = report.version
+    def _eadm_families(self, all_stats: dict[str, EadmStats],
+                       version_now: str | None) -> list[Metric]:
+        if version_now is not None:
+            self._driver_version = version_now
         families: dict[str, Family] = {}
         other = counter("kvscope_erdma_eadm_counter_total",
                         "eadm stat counters kvscope has no stable name for, passed through by "
                         "their eadm key.")
-        for dev, stats in sorted(report.stats.items()):
+        for dev, stats in sorted(all_stats.items()):
             for key, text in stats.malformed_lines:
                 self._count_bad_value("eadm", (dev, key), text)
             if stats.error:
@@ -387,15 +421,15 @@ class RdmaCollector(Collector):
         ordered = [families[n] for n in STABLE_NAMES.values() if n in families]
         return non_empty(*ordered, other, version)
 
-    def _resource_families(self, tool: ToolOutcome) -> list[Metric]:
+    def _resource_families(self, resources: Resources | None) -> list[Metric]:
         fam = gauge("kvscope_rdma_resources",
                     "RDMA resources in use per device, by type (qp, cq, mr, pd, ctx, cm_id, srq), "
                     "from `rdma -j resource show`. Compare type=\"qp\" with "
                     "kvscope_rdma_device_max_qp.")
-        if tool.resources is not None:
-            if tool.resources.error is not None:
-                self._count_bad_value("rdma_tool", (), tool.resources.error)
-            for dev, counts in sorted(tool.resources.by_device.items()):
+        if resources is not None:
+            if resources.error is not None:
+                self._count_bad_value("rdma_tool", (), resources.error)
+            for dev, counts in sorted(resources.by_device.items()):
                 if dev not in self._identities:
                     continue  # a device of another sysfs root (fixture trees): not this node's
                 for kind, value in sorted(counts.items()):
@@ -441,8 +475,19 @@ class RdmaCollector(Collector):
         return non_empty(fam)
 
 
-async def _no_tool() -> ToolOutcome:
-    return ToolOutcome(unavailable="no RDMA devices")
+async def _no_tool() -> None:
+    return None  # no RDMA devices: nothing to count
+
+
+def _command_error(source: str, result: CommandResult, limit_s: float) -> CollectorError:
+    """`eadm_timeout`, `eadm_too_large`, `eadm_failed` (and the same for rdma_tool)."""
+    kind = {Outcome.TIMEOUT: "timeout", Outcome.TOO_LARGE: "too_large"}.get(result.outcome,
+                                                                             "failed")
+    return CollectorError(f"{source}_{kind}", result.describe(limit_s))
+
+
+def _add_error(errors: dict[str, CollectorError], error: CollectorError) -> None:
+    errors.setdefault(error.reason, error)  # one error per reason and poll
 
 
 def _eadm_help(key: str) -> str:

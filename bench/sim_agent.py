@@ -1,0 +1,51 @@
+"""`kvscope demo` with the simulator's services in another process (bench/sim_services.py).
+
+The agent keeps what must live in its process, the fake NVML and the fake pyverbs (they are
+libraries, not services), and receives the services' addresses as config overrides, so the
+production serve path runs unchanged and its CPU and memory are the agent's alone.
+
+Run: python3 bench/sim_agent.py SHAPE_JSON OVERRIDES_JSON LISTEN [--no-collector.NAME ...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "exporters"))
+
+from simnode import NodeShape, build_node
+
+
+def main() -> None:
+    import logging
+
+    from kvscope import app
+    from kvscope.config import load
+    from kvscope.sim import services
+
+    shape = NodeShape.from_json(sys.argv[1])
+    external: dict[str, Any] = json.loads(sys.argv[2])
+    overrides: dict[str, Any] = {"web.listen_address": sys.argv[3], "log_level": "error",
+                                 "scenario": shape.scenario, "node_name": shape.hostname}
+    for flag in sys.argv[4:]:
+        name = flag.removeprefix("--no-collector.")
+        overrides[f"collectors.{name}.enabled"] = False
+
+    async def already_running(node: Any, stack: AsyncExitStack,
+                              enabled: frozenset[str] | None = None) -> dict[str, Any]:
+        return external
+
+    services.start_all = already_running  # type: ignore[assignment]
+    logging.basicConfig(level=logging.ERROR)
+    config = load(None, overrides)
+    asyncio.run(app.serve(app.build_context(config, sim_node=build_node(shape))))
+
+
+if __name__ == "__main__":
+    main()
