@@ -27,7 +27,8 @@ def main() -> None:
 
     from kvscope import app
     from kvscope.config import load
-    from kvscope.sim import services
+    from kvscope.context import NodeContext
+    from kvscope.sim import build_backends, services
 
     shape = NodeShape.from_json(sys.argv[1])
     external: dict[str, Any] = json.loads(sys.argv[2])
@@ -44,7 +45,14 @@ def main() -> None:
     services.start_all = already_running  # type: ignore[assignment]
     logging.basicConfig(level=logging.ERROR)
     config = load(None, overrides)
-    asyncio.run(app.serve(app.build_context(config, sim_node=build_node(shape))))
+
+    async def serve() -> None:
+        async with AsyncExitStack() as stack:
+            backends, final = await build_backends(config, stack, fault_delay=30.0,
+                                                   node=build_node(shape))
+            await app.serve(NodeContext(final, backends))
+
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":
