@@ -25,6 +25,8 @@ from kvscope.sim.nvml import FakeNvml
 from kvscope.sim.scenarios import SimOptions, build_scenario
 
 NODE = "golden-node"
+# The session's shared simulated node (`simulated_node`) and the --update-golden option.
+pytest_plugins = ["node_fixture"]
 
 
 class FrozenClock:

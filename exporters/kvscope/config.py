@@ -241,7 +241,8 @@ class EnginesConfig(CollectorConfig):
     discovery_timeout: PositiveFloat = 1.0
     # Seconds one target's scrape may take; with discovery_timeout it must fit in `timeout`.
     target_timeout: PositiveFloat = 2.5
-    max_response_bytes: PositiveInt = 16 * 1024 * 1024  # larger bodies (after gunzip) refused
+    # Larger bodies (after gunzip) are refused while they are read: reason too_large.
+    max_response_bytes: PositiveInt = 4 * 1024 * 1024
     annotations: EngineAnnotations = EngineAnnotations()
 
     @model_validator(mode="after")
@@ -306,7 +307,12 @@ class KubernetesSettings(Strict):
     api_url: str | None = Field(None, description="e.g. https://127.0.0.1:6443; default in-cluster")
     token_file: Path | None = None
     ca_file: Path | None = None
-    timeout: PositiveFloat = 5.0
+    timeout: PositiveFloat = Field(
+        3.0, description="seconds one API read may take; below collectors.topology.timeout, so "
+                         "a slow API is reported as such instead of failing the whole poll")
+    max_response_bytes: PositiveInt = Field(
+        64 * 1024 * 1024, description="largest API reply read (a pod list, the node object); "
+                                      "a larger one is refused while it is read")
 
 
 class PdSettings(Strict):
@@ -365,6 +371,17 @@ class Config(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     scenario: str | None = Field(None, description="serve the simulated node (kvscope.sim)")
     collectors: CollectorsConfig = CollectorsConfig()
+
+    @model_validator(mode="after")
+    def _kube_timeout_fits(self) -> Config:
+        topology = self.collectors.topology
+        if topology.enabled and topology.kubernetes_api and \
+                self.kubernetes.timeout >= topology.timeout:
+            raise ValueError(
+                f"kubernetes.timeout ({self.kubernetes.timeout:g}) must be below "
+                f"collectors.topology.timeout ({topology.timeout:g}), so that a slow API is "
+                "reported as such instead of failing the whole topology poll")
+        return self
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent import Agent, free_port, kvscope
+from node_fixture import SimulatedNode
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +39,9 @@ def test_dead_url_is_one_line_and_exit_2() -> None:
                                   f"http://127.0.0.1:{port}/metrics")
 
 
-def test_a_url_that_is_not_an_agent_is_refused() -> None:
-    with Agent("demo") as agent:
-        done = kvscope("doctor", "--url", f"{agent.base}/nothing-here")
-        scheme = kvscope("doctor", "--url", "127.0.0.1:9447")
+def test_a_url_that_is_not_an_agent_is_refused(simulated_node: SimulatedNode) -> None:
+    done = kvscope("doctor", "--url", f"{simulated_node.url}/nothing-here")
+    scheme = kvscope("doctor", "--url", "127.0.0.1:9447")
     assert done.returncode == 2 and "(http_404)" in done.stderr
     assert scheme.returncode == 2
     assert scheme.stderr == ("kvscope: error: --url '127.0.0.1:9447': expected "

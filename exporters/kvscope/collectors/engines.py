@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -39,10 +41,18 @@ from kvscope.parsers.engines import FAMILIES, KEEP, Histogram, Normalized
 from kvscope.parsers.engines import normalize as normalize_payload
 from kvscope.parsers.exposition import ParseCache, ParseError, parse
 from kvscope.render.families import counter, gauge, info, non_empty
-from kvscope.sources.http_scrape import Scraped, ScrapeFailure, new_session, scrape
+from kvscope.sources.http_scrape import (
+    Scraped,
+    ScrapeFailure,
+    new_session,
+    redact,
+    scrape,
+    scrub,
+)
 
 log = logging.getLogger(__name__)
 
+REFUSALS = ("other_node", "pod_ip", "port", "path")
 TARGET_LABELS = ("engine", "role", "pod", "namespace", "instance")
 SERIES_LABELS = ("engine", "role", "model", "pod", "namespace", "instance")
 
@@ -60,6 +70,11 @@ class Target:
     @property
     def instance(self) -> str:
         return _instance(self.url)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL for log lines: credentials in it replaced."""
+        return redact(self.url)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -111,42 +126,105 @@ def _container_port(spec: Mapping[str, Any]) -> int | None:
     return int(ports[0]["containerPort"]) if ports else None
 
 
-def targets_from_pods(pods: Sequence[Mapping[str, Any]], cfg: EnginesConfig,
-                      pd: PdSettings) -> list[Target]:
-    """Running pods that ask to be scraped, as targets (pure: the pod JSON is the input)."""
+# Pod IPs a discovered target may never have: a pod is never given one of these, and each is
+# a place a forged or odd pod object could point the agent at (link-local: cloud metadata).
+def _usable_pod_ip(raw: object) -> str | None:
+    try:
+        ip = ipaddress.ip_address(str(raw))
+    except ValueError:
+        return None
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return None
+    return str(ip)
+
+
+_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+
+
+def _metrics_path(raw: object) -> str | None:
+    """The annotated path, or None when it is more than a plain path (a query, `..`, `//`)."""
+    path = str(raw or "/metrics")
+    path = path if path.startswith("/") else "/" + path
+    if not _PATH.fullmatch(path) or ".." in path or path.startswith("//"):
+        return None
+    return path
+
+
+def _pod_target(pod: Mapping[str, Any], cfg: EnginesConfig, pd: PdSettings,
+                node_name: str) -> Target | str | None:
+    """The target a pod asks for; a refusal reason; or None when it does not ask."""
     keys = cfg.annotations
-    out = []
+    meta = pod.get("metadata") or {}
+    ann = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    spec = pod.get("spec") or {}
+    scrape_flag = str(ann.get(keys.scrape, "")).lower()
+    pd_role = _pd_role(labels, pd)
+    if scrape_flag == "false" or (scrape_flag != "true" and pd_role is None):
+        return None
+    if status.get("phase") != "Running" or not status.get("podIP"):
+        return None
+    where = _endpoint(spec, status, ann, cfg, node_name)
+    if isinstance(where, str):
+        return where
+    ip, port, path = where
+    host = f"[{ip}]" if ":" in ip else ip
+    engine = ann.get(keys.engine)
+    return Target(
+        url=f"http://{host}:{port}{path}",
+        engine=engine if engine in ENGINE_NAMES else None,
+        role=_role_value(ann.get(keys.role), pd) or pd_role,
+        model=ann.get(keys.model) or None,
+        pod=str(meta.get("name", "")), namespace=str(meta.get("namespace", "")),
+        source="discovered")
+
+
+def _endpoint(spec: Mapping[str, Any], status: Mapping[str, Any], ann: Mapping[str, Any],
+              cfg: EnginesConfig, node_name: str) -> tuple[str, int, str] | str:
+    """(pod IP, port, path) of a pod's metrics, or the reason it is refused."""
+    if spec.get("nodeName") != node_name:
+        return "other_node"
+    ip = _usable_pod_ip(status.get("podIP"))
+    if ip is None:
+        return "pod_ip"
+    raw_port = ann.get(cfg.annotations.port)
+    if raw_port is not None:
+        port = int(str(raw_port)) if str(raw_port).isdigit() else None
+    else:
+        port = _container_port(spec)
+    if port is None or not 0 < port < 65536:
+        return "port"
+    path = _metrics_path(ann.get(cfg.annotations.path))
+    return "path" if path is None else (ip, port, path)
+
+
+@dataclass(frozen=True)
+class Discovered:
+    targets: list[Target]
+    refused: Counter[str]  # reason -> pods that asked to be scraped and were refused
+    refused_pods: tuple[tuple[str, str], ...] = ()  # (namespace/name, reason)
+
+
+def targets_from_pods(pods: Sequence[Mapping[str, Any]], cfg: EnginesConfig,
+                      pd: PdSettings, node_name: str) -> Discovered:
+    """Running pods of this node that ask to be scraped, as targets (pure: the pod JSON is the
+    input). A target is only ever the pod's own IP, on the annotated (or declared) port and a
+    plain path: a pod of another node (`other_node`), an IP no pod has (`pod_ip`: link-local
+    such as cloud metadata, multicast, garbage), a bad port (`port`) or a path with more than
+    a path in it (`path`) is refused and counted."""
+    targets: list[Target] = []
+    refused: Counter[str] = Counter()
+    named: list[tuple[str, str]] = []
     for pod in pods:
-        meta = pod.get("metadata") or {}
-        ann = meta.get("annotations") or {}
-        labels = meta.get("labels") or {}
-        status = pod.get("status") or {}
-        scrape_flag = str(ann.get(keys.scrape, "")).lower()
-        pd_role = _pd_role(labels, pd)
-        if scrape_flag == "false" or (scrape_flag != "true" and pd_role is None):
-            continue
-        ip = status.get("podIP")
-        if status.get("phase") != "Running" or not ip:
-            continue
-        raw_port = ann.get(keys.port)
-        port = int(str(raw_port)) if str(raw_port or "").isdigit() else \
-            _container_port(pod.get("spec") or {})
-        if port is None or not 0 < port < 65536:
-            log.debug("engines: pod %s/%s has no usable metrics port; skipped",
-                      meta.get("namespace"), meta.get("name"))
-            continue
-        path = str(ann.get(keys.path) or "/metrics")
-        path = path if path.startswith("/") else "/" + path
-        host = f"[{ip}]" if ":" in ip else ip
-        engine = ann.get(keys.engine)
-        out.append(Target(
-            url=f"http://{host}:{port}{path}",
-            engine=engine if engine in ENGINE_NAMES else None,
-            role=_role_value(ann.get(keys.role), pd) or pd_role,
-            model=ann.get(keys.model) or None,
-            pod=str(meta.get("name", "")), namespace=str(meta.get("namespace", "")),
-            source="discovered"))
-    return out
+        got = _pod_target(pod, cfg, pd, node_name)
+        if isinstance(got, Target):
+            targets.append(got)
+        elif got is not None:
+            refused[got] += 1
+            meta = pod.get("metadata") or {}
+            named.append((f"{meta.get('namespace', '')}/{meta.get('name', '')}", got))
+    return Discovered(targets, refused, tuple(named))
 
 
 # ---- counters across restarts ------------------------------------------------------------
@@ -238,6 +316,8 @@ class EnginesCollector(Collector):
         self._discovered: list[Target] = []
         self._discovered_at: float | None = None
         self._discovery_up: bool | None = None
+        self._refused: Counter[str] = Counter()
+        self._refused_said: set[tuple[str, str]] = set()
 
     @property
     def _cfg(self) -> EnginesConfig:
@@ -316,7 +396,14 @@ class EnginesCollector(Collector):
         if self._discovery_up is False:
             log.info("engines: pod discovery works again")
         self._discovery_up = True
-        self._discovered = targets_from_pods(pods, self._cfg, config.pd)
+        found = targets_from_pods(pods, self._cfg, config.pd, config.node_name)
+        self._discovered, self._refused = found.targets, found.refused
+        for pod, reason in found.refused_pods:
+            if (pod, reason) not in self._refused_said:
+                log.warning("engines: not scraping pod %s (%s): a discovered target must be the "
+                            "pod's own IP on this node, on a valid port and plain path",
+                            pod, reason)
+        self._refused_said = set(found.refused_pods)
 
     # ---- one target ------------------------------------------------------------------------
 
@@ -341,20 +428,21 @@ class EnginesCollector(Collector):
                 return self._down(target, state, got.reason, got.message, got.duration)
             expo = parse(got.body.decode("utf-8", "replace"), KEEP, state.cache)
             if isinstance(expo, ParseError):
-                return self._down(target, state, expo.reason, f"{target.url}: {expo.message}",
-                                  got.duration)
+                return self._down(target, state, expo.reason,
+                                  f"{target.safe_url}: {expo.message}", got.duration)
             state.invalid_lines += expo.invalid_lines
             result = normalize_payload(expo, target.engine, state.shards)
             if not result.engines:
                 return self._down(target, state, "unknown_engine",
-                                  f"{target.url}: no metric of a known engine "
+                                  f"{target.safe_url}: no metric of a known engine "
                                   f"({len(expo.names)} names)", got.duration)
         except Exception as exc:  # one target's surprise must not cost the others their data
-            log.exception("engines: scraping %s failed", target.url)
-            return self._down(target, state, "internal", f"{target.url}: {exc}",
+            log.exception("engines: scraping %s failed", target.safe_url)
+            return self._down(target, state, "internal",
+                              f"{target.safe_url}: {scrub(str(exc), target.url)}",
                               time.monotonic() - started)
         if state.up is False:
-            log.info("engines: %s is up again", target.url)
+            log.info("engines: %s is up again", target.safe_url)
         state.up = True
         state.engine = target.engine or result.engines[0]
         state.role = target.role or result.role or state.role
@@ -374,8 +462,8 @@ class EnginesCollector(Collector):
                   results: Sequence[TargetResult]) -> list[Metric]:
         up = gauge("kvscope_engine_up",
                    "1 when the engine's /metrics answered with metrics of a known engine; 0 with "
-                   "`reason` (timeout, connect, reset, http_<code>, too_large, decode, parse, "
-                   "unknown_engine) otherwise.")
+                   "`reason` (timeout, connect, reset, redirect, http_<code>, too_large, decode, "
+                   "parse, unknown_engine) otherwise.")
         duration = gauge("kvscope_engine_scrape_duration_seconds",
                          "Wall time of the last scrape of the engine's /metrics.")
         errors = counter("kvscope_engine_scrape_errors_total",
@@ -408,6 +496,12 @@ class EnginesCollector(Collector):
             fams += non_empty(gauge("kvscope_engine_discovery_up",
                                     "1 when the last pod list from the Kubernetes API "
                                     "succeeded.").add({}, 1 if self._discovery_up else 0))
+            refused = gauge("kvscope_engine_discovery_refused_pods",
+                            "Pods of the last pod list that asked to be scraped and were "
+                            "refused, by reason (other_node, pod_ip, port, path).")
+            for reason in REFUSALS:
+                refused.add({"reason": reason}, self._refused.get(reason, 0))
+            fams += non_empty(refused)
         return fams + series.metrics()
 
     @staticmethod

@@ -37,6 +37,11 @@ DOWN_FIX = {
                       "(kvscope.io/port, kvscope.io/path), or metrics are off in the engine "
                       "(SGLang --enable-metrics)",
     "parse": "the target answers with something that is not Prometheus text: wrong port or path",
+    "redirect": "the target answers with a redirect, which kvscope never follows (it could point "
+                "the agent anywhere): point the target or the kvscope.io/path annotation at the "
+                "final /metrics URL",
+    "too_large": "the exposition is larger than collectors.engines.max_response_bytes: raise "
+                 "the limit, or find the label that multiplies the engine's series",
 }
 
 

@@ -83,7 +83,13 @@ class SimEngine:
     fault: dict[str, float] = field(default_factory=dict)  # Load fields after fault_at
     fault_at: float | None = None
     down_at: float | None = None  # elapsed seconds after which the server stops listening
+    up_at: float | None = None  # elapsed seconds after which it listens again (None: never)
     url: str = ""
+
+    def down(self, t: float) -> bool:
+        """Whether the process is gone at elapsed time t."""
+        return self.down_at is not None and t >= self.down_at and \
+            (self.up_at is None or t < self.up_at)
 
     def phases(self, t: float) -> list[tuple[Load, float]]:
         """(load, seconds) since the engine started; t is the node's elapsed time."""
@@ -669,6 +675,12 @@ NODE_KEY = web.AppKey("node", SimNode)
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
     engine, node = request.app[ENGINE_KEY], request.app[NODE_KEY]
+    if engine.down(node.elapsed()):
+        # A request that reached a kept-alive connection before the watcher closed it: a gone
+        # process answers nothing, so drop the connection rather than serve it.
+        if request.transport is not None:
+            request.transport.abort()
+        raise web.HTTPServiceUnavailable
     body = render(engine, node.elapsed())
     resp = web.Response(text=body, content_type="text/plain", charset="utf-8",
                         headers={"X-Engine": engine.variant})
@@ -691,34 +703,59 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+WATCH_INTERVAL = 0.05  # seconds between looks at the node clock for down and up times
+CLOSE_DEADLINE = 0.01  # seconds an open connection's handler gets to finish when it dies
+
+
 async def start_engine(engine: SimEngine, node: SimNode, stack: AsyncExitStack) -> str:
     """Serve one fake engine on 127.0.0.1 for the life of `stack`; returns its /metrics URL.
 
-    An engine already down at start gets a port nobody listens on (connection refused); one
-    that goes down later stops listening at that moment, as a crashed process would.
+    The port is fixed at start and kept: while the engine is down (`down_at` to `up_at` on the
+    node's clock) nothing listens on it, so connections are refused, and the connections that
+    were open are closed, as when a process dies; when it is up again it listens on the same
+    port, as a restarted pod's engine would on its pod IP.
     """
-    if engine.down_at is not None and node.elapsed() >= engine.down_at:
-        engine.url = f"http://127.0.0.1:{_free_port()}/metrics"
-        return engine.url
     runner = web.AppRunner(build_app(engine, node), access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    engine.url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+    port = _free_port()
+    engine.url = f"http://127.0.0.1:{port}/metrics"
+    lifecycle = _Lifecycle(engine, node, runner, port)
+    await lifecycle.follow()
     if engine.down_at is not None:
-        task = asyncio.create_task(_stop_later(runner, site, engine.down_at - node.elapsed()))
+        task = asyncio.create_task(lifecycle.watch())
         stack.callback(task.cancel)
     return engine.url
 
 
-async def _stop_later(runner: web.AppRunner, site: web.TCPSite, delay: float) -> None:
-    await asyncio.sleep(delay)
-    await site.stop()
-    # A process that is gone drops its open connections too: without this, a scraper's
-    # keep-alive connection would go on being answered after the listener closed.
-    if runner.server is not None:
-        await runner.server.shutdown(0)
+class _Lifecycle:
+    """Starts and stops one fake engine's listener as its down window opens and closes."""
+
+    def __init__(self, engine: SimEngine, node: SimNode, runner: web.AppRunner,
+                 port: int) -> None:
+        self._engine, self._node, self._runner, self._port = engine, node, runner, port
+        self._site: web.TCPSite | None = None
+
+    async def follow(self) -> None:
+        """Listen or not, as the node's clock says now."""
+        down = self._engine.down(self._node.elapsed())
+        if down and self._site is not None:
+            await self._site.stop()
+            self._site = None
+            # Closing the listener leaves open connections open: close them too, or a scraper's
+            # kept-alive connection hangs into a timeout instead of failing to connect. The
+            # deadline must be above 0: aiohttp reads 0 as none, and an idle keep-alive handler
+            # never finishes on its own (the old fake hung here forever).
+            if self._runner.server is not None:
+                await self._runner.server.shutdown(CLOSE_DEADLINE)
+        elif not down and self._site is None:
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+            await self._site.start()
+
+    async def watch(self) -> None:
+        while True:
+            await self.follow()
+            await asyncio.sleep(WATCH_INTERVAL)
 
 
 async def start_engines(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:

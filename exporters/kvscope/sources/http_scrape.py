@@ -5,13 +5,21 @@ connections each cycle. Each scrape has its own deadline; callers run them concu
 slow or dead engine costs its own timeout and nothing else. Bodies are read in chunks and
 refused past `max_bytes` after gunzip (aiohttp decompresses as it streams), so a runaway or
 hostile endpoint cannot balloon the agent's memory.
+
+Redirects are never followed: a target is a pod IP and port that discovery vetted (or a URL an
+operator wrote), and a redirect would let whoever answers there point the agent at any other
+URL (a cloud metadata endpoint, say) and have the answer re-exported. A 3xx is the failure
+`redirect`. Credentials in a URL (userinfo, `token=` in the query) are used for the request but
+never written out: every message here carries the URL through `redact`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -19,6 +27,9 @@ import aiohttp
 ACCEPT = ("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5,"
           "*/*;q=0.1")
 CHUNK = 64 * 1024
+REDACTED = "<redacted>"
+# Query keys whose values are secrets (token=, api_key=, X-Amz-Signature=, password=, ...).
+_SECRET_KEY = re.compile(r"token|key|secret|pass|auth|sig|credential|session", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -30,9 +41,41 @@ class Scraped:
 
 @dataclass(frozen=True)
 class ScrapeFailure:
-    reason: str  # timeout, connect, reset, http_<status>, too_large, decode
-    message: str
+    reason: str  # timeout, connect, reset, redirect, http_<status>, too_large, decode
+    message: str  # names the URL redacted
     duration: float
+
+
+def redact(url: str) -> str:
+    """`url` fit for a log line or a label: userinfo and secret-looking query values replaced."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if _SECRET_KEY.search(k) else v) for k, v in pairs],
+                          safe="<>")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (an exception's message, say) with `url` and its secrets replaced by `redact`'s."""
+    safe = redact(url)
+    text = text.replace(url, safe)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    secrets = [parts.netloc.rpartition("@")[0]] if "@" in parts.netloc else []
+    secrets += [v for k, v in parse_qsl(parts.query) if _SECRET_KEY.search(k) and v]
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -48,17 +91,23 @@ async def scrape(session: aiohttp.ClientSession, url: str, *, time_limit: float,
     try:
         async with asyncio.timeout(time_limit):
             return await _get(session, url, max_bytes, started)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         reason, message = _classify(exc, time_limit)
-        return ScrapeFailure(reason, f"{url}: {message}", time.monotonic() - started)
+        return ScrapeFailure(reason, f"{redact(url)}: {scrub(message, url)}",
+                             time.monotonic() - started)
 
 
 async def _get(session: aiohttp.ClientSession, url: str, max_bytes: int,
                started: float) -> Scraped | ScrapeFailure:
     def failed(reason: str, message: str) -> ScrapeFailure:
-        return ScrapeFailure(reason, f"{url}: {message}", time.monotonic() - started)
+        return ScrapeFailure(reason, f"{redact(url)}: {scrub(message, url)}",
+                             time.monotonic() - started)
 
-    async with session.get(url, max_redirects=3) as resp:
+    async with session.get(url, allow_redirects=False) as resp:
+        if 300 <= resp.status < 400:
+            where = resp.headers.get("Location", "")
+            return failed("redirect", f"HTTP {resp.status} to {redact(where) or '?'} "
+                                      "(redirects are not followed)")
         if resp.status != 200:
             return failed(f"http_{resp.status}", f"HTTP {resp.status} {resp.reason}")
         declared = resp.content_length
@@ -86,6 +135,6 @@ def _classify(exc: BaseException, time_limit: float) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError
                   | aiohttp.ClientOSError):
         return "reset", f"connection lost: {exc}"
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return "redirect", "too many redirects"
+    if isinstance(exc, ValueError | aiohttp.InvalidURL):
+        return "url", f"unusable URL: {type(exc).__name__}"
     return "http", f"{type(exc).__name__}: {exc}"

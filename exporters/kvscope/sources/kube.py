@@ -3,10 +3,15 @@
 In-cluster credentials (service-account token and CA) by default; `kubernetes.api_url` points it
 at any API server, such as the simulator's fake one in tests and the demo. Pods are listed with a
 field selector on spec.nodeName, so one agent per node never lists the whole cluster.
+
+Every read is bounded while it is read: a body past `max_bytes` (64 MiB by default, the size of a
+pod list of a few thousand pods) is refused as `too_large` before it is all in memory, and a
+redirect is an error (`redirect`), never followed with the service account's token.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from pathlib import Path
@@ -15,6 +20,8 @@ from typing import Any
 import aiohttp
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+CHUNK = 256 * 1024
 
 
 class KubeError(Exception):
@@ -36,17 +43,20 @@ def in_cluster_url() -> str | None:
 
 class KubeClient:
     def __init__(self, api_url: str, node_name: str, *, token_file: Path | None = None,
-                 ca_file: Path | None = None, timeout: float = 5.0) -> None:
+                 ca_file: Path | None = None, timeout: float = 3.0,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.api_url = api_url.rstrip("/")
         self.node_name = node_name
         self._token_file = token_file
         self._ca_file = ca_file
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_bytes = max_bytes
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def from_settings(cls, api_url: str | None, node_name: str, *, token_file: Path | None,
-                      ca_file: Path | None, timeout: float) -> KubeClient | None:
+                      ca_file: Path | None, timeout: float,
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> KubeClient | None:
         """A client, or None when there is no API to talk to (not in a cluster, no URL)."""
         url = api_url or in_cluster_url()
         if url is None:
@@ -54,7 +64,8 @@ class KubeClient:
         if api_url is None:  # in-cluster defaults
             token_file = token_file or SA_DIR / "token"
             ca_file = ca_file or SA_DIR / "ca.crt"
-        return cls(url, node_name, token_file=token_file, ca_file=ca_file, timeout=timeout)
+        return cls(url, node_name, token_file=token_file, ca_file=ca_file, timeout=timeout,
+                   max_bytes=max_bytes)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -79,20 +90,42 @@ class KubeClient:
                 raise KubeError("ca", f"cannot load CA {self._ca_file}: {exc}") from None
         return ctx
 
-    async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+    async def read(self, path: str, params: dict[str, str] | None = None) -> bytes:
+        """The body of `GET path`, at most `max_bytes` of it; raises KubeError."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         url = f"{self.api_url}{path}"
         try:
             async with self._session.get(url, params=params, headers=self._headers(),
-                                         ssl=self._ssl()) as resp:
+                                         ssl=self._ssl(), allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:
+                    raise KubeError("redirect", f"GET {path}: HTTP {resp.status} redirect "
+                                                "(not followed)")
                 if resp.status != 200:
                     raise KubeError(f"http_{resp.status}", f"GET {path}: HTTP {resp.status}")
-                return await resp.json()
+                return await self._bounded_body(path, resp)
         except TimeoutError:
             raise KubeError("timeout", f"GET {path}: timed out") from None
         except aiohttp.ClientError as exc:
             raise KubeError("connect", f"GET {path}: {exc}") from None
+
+    async def _bounded_body(self, path: str, resp: aiohttp.ClientResponse) -> bytes:
+        declared = resp.content_length
+        if declared is not None and declared > self._max_bytes:
+            raise KubeError("too_large", f"GET {path}: Content-Length {declared} > "
+                                         f"{self._max_bytes} bytes")
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            body += chunk
+            if len(body) > self._max_bytes:
+                raise KubeError("too_large", f"GET {path}: body over {self._max_bytes} bytes")
+        return bytes(body)
+
+    async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """`GET path` decoded from JSON; raises KubeError."""
+        body = await self.read(path, params)
+        try:
+            return json.loads(body)
         except ValueError as exc:
             raise KubeError("decode", f"GET {path}: not JSON: {exc}") from None
 

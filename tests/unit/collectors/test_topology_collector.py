@@ -94,8 +94,10 @@ async def test_kubelet_failure_marks_the_tier_down_and_keeps_the_scrape(tmp_path
     listener = sockets.socket(sockets.AF_UNIX)
     listener.bind(str(dead))  # exists, never answers
     try:
+        # A tier timeout of 1 s needs an API timeout below it (config refuses the default 3 s).
         _, _, families = await collect(sim_node("healthy"), services=False, collectors={
-            "topology": {"pod_resources_socket": str(dead), "timeout": 1.0}})
+            "topology": {"pod_resources_socket": str(dead), "timeout": 1.0}},
+            kubernetes={"timeout": 0.5})
     finally:
         listener.close()
     up = collector_up(samples(families, "kvscope_collector_up"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -174,12 +175,16 @@ def test_fake_counters_only_grow(variant: str) -> None:
 
 # ---- discovery ---------------------------------------------------------------------------
 
-def _pod(name: str, ann: dict[str, str], labels: dict[str, str] | None = None,
-         phase: str = "Running", ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+NODE = "sim-node-0"
+
+
+def _pod(name: str, ann: dict[str, str], labels: dict[str, str] | None = None, *,
+         phase: str = "Running", ports: list[dict[str, Any]] | None = None,
+         node: str = NODE, ip: str = "127.0.0.23") -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "ns", "annotations": ann,
                          "labels": labels or {}},
-            "spec": {"containers": [{"name": "c", "ports": ports or []}]},
-            "status": {"phase": phase, "podIP": "127.0.0.23"}}
+            "spec": {"nodeName": node, "containers": [{"name": "c", "ports": ports or []}]},
+            "status": {"phase": phase, "podIP": ip}}
 
 
 def test_targets_from_pod_annotations_and_pd_labels() -> None:
@@ -199,8 +204,10 @@ def test_targets_from_pod_annotations_and_pd_labels() -> None:
         _pod("odd-engine", {"kvscope.io/scrape": "true", "kvscope.io/port": "8080",
                             "kvscope.io/engine": "triton"}),
     ]
-    targets = {t.pod: t for t in targets_from_pods(pods, cfg, pd)}
+    found = targets_from_pods(pods, cfg, pd, NODE)
+    targets = {t.pod: t for t in found.targets}
     assert set(targets) == {"annotated", "by-label", "odd-engine"}
+    assert found.refused == {"port": 1}  # no-port
     a = targets["annotated"]
     assert (a.url, a.engine, a.role, a.model, a.namespace) == \
         ("http://127.0.0.23:30000/stats", "sglang", "prefill", "glm", "ns")
@@ -269,3 +276,95 @@ def test_promtool_accepts_the_engine_families() -> None:
                           capture_output=True, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "kvscope_engine_kv_transfer_seconds_total" in engine_text
+
+
+SCRAPE = {"kvscope.io/scrape": "true", "kvscope.io/port": "8000"}
+# The cloud metadata address, built so that no copyable link-local address sits in the source.
+METADATA = str(ipaddress.ip_address(0xA9FEA9FE))
+
+
+def test_discovery_only_targets_this_nodes_pod_ips_on_plain_paths() -> None:
+    """A pod object can only point the agent at its own IP on this node: the ways around that
+    (another node's pod, a metadata or garbage IP, a port or path that is more than one) are
+    refused and counted."""
+    pods = [
+        _pod("good", SCRAPE),
+        _pod("elsewhere", SCRAPE, node="sim-node-1"),
+        _pod("no-node", SCRAPE, node=""),
+        _pod("metadata-ip", SCRAPE, ip=METADATA),
+        _pod("metadata-v6", SCRAPE, ip="fe80::1"),
+        _pod("hostname-ip", SCRAPE, ip="metadata.internal"),
+        _pod("bad-port", {**SCRAPE, "kvscope.io/port": f"80@{METADATA}"}),
+        _pod("query", {**SCRAPE, "kvscope.io/path": "/metrics?redirect=x"}),
+        _pod("dotdot", {**SCRAPE, "kvscope.io/path": "/../latest/meta-data"}),
+        _pod("authority", {**SCRAPE, "kvscope.io/path": f"//{METADATA}/latest"}),
+        _pod("at-sign", {**SCRAPE, "kvscope.io/path": f"@{METADATA}/x"}),
+        _pod("by-label-elsewhere", {}, {"kvscope.io/pd-role": "decode"}, node="sim-node-1",
+             ports=[{"name": "http", "containerPort": 8000}]),
+    ]
+    found = targets_from_pods(pods, EnginesConfig(), PdSettings(), NODE)
+    assert [t.url for t in found.targets] == ["http://127.0.0.23:8000/metrics"]
+    assert found.refused == {"other_node": 3, "pod_ip": 3, "port": 1, "path": 4}
+    assert ("ns/metadata-ip", "pod_ip") in found.refused_pods
+
+
+async def test_refused_pods_are_exported_and_not_scraped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from kvscope.sim.node import SimPod
+
+    clock = Clock()
+    node = build_scenario("healthy", SimOptions(clock=clock, latency_scale=0))
+    node.pods.append(SimPod(name="forged", namespace="inference", container="c",
+                            annotations=dict(SCRAPE), pod_ip=METADATA))
+    ctx = NodeContext(config=load(None, {"scenario": "healthy", "node_name": node.hostname,
+                                         "collectors.engines.discovery_interval": 1e-3}),
+                      sim=node)
+    async with AsyncExitStack() as stack:
+        await start_sim_services(ctx, stack)
+        collector = EnginesCollector(ctx)
+        families = await families_of(collector, "r")
+        await families_of(collector, "r")
+        await collector.close()
+    samples = samples_of(render_text(families).decode())
+    assert find(samples, "kvscope_engine_discovery_refused_pods", reason="pod_ip") == [1.0]
+    assert find(samples, "kvscope_engine_discovery_refused_pods", reason="port") == [0.0]
+    assert not find(samples, "kvscope_engine_up", pod="forged")
+    assert find(samples, "kvscope_engine_targets", source="discovered") == [2.0]
+    said = [r for r in caplog.records if "inference/forged" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING  # once, not every poll
+
+
+async def test_a_fake_engine_that_goes_down_refuses_and_comes_back() -> None:
+    """The decode engine dies at t=10 and is back at t=20 (node clock): the poll after its
+    death sees `connect` at once (its kept-alive connection is closed, not left to hang into a
+    timeout), and the one after its return sees it up on the same URL."""
+    import asyncio
+
+    clock = Clock()
+    node = build_scenario("healthy", SimOptions(clock=clock, latency_scale=0))
+    decode = sim_engines.engine(node, sim_engines.DECODE)
+    decode.down_at, decode.up_at = 10.0, 20.0
+    ctx = NodeContext(config=load(None, {"scenario": "healthy", "node_name": node.hostname}),
+                      sim=node)
+
+    async def decode_up() -> tuple[float, str]:
+        samples = samples_of(render_text(await families_of(collector, "u")).decode())
+        up = [(v, lab["reason"]) for n, lab, v in samples
+              if n == "kvscope_engine_up" and lab["pod"] == sim_engines.DECODE]
+        assert len(up) == 1
+        return up[0]
+
+    async with AsyncExitStack() as stack:
+        await start_sim_services(ctx, stack)
+        url = decode.url
+        collector = EnginesCollector(ctx)
+        seen = [await decode_up()]
+        clock.t = 12.0
+        await asyncio.sleep(sim_engines.WATCH_INTERVAL * 4)
+        seen.append(await decode_up())
+        clock.t = 21.0
+        await asyncio.sleep(sim_engines.WATCH_INTERVAL * 4)
+        seen.append(await decode_up())
+        await collector.close()
+    assert seen == [(1.0, ""), (0.0, "connect"), (1.0, "")]
+    assert decode.url == url

@@ -19,6 +19,7 @@ from agent import Agent, kvscope
 from conftest import parse, sim_context
 from kvscope.app import build_runtime
 from kvscope.web.server import build_app
+from node_fixture import SimulatedNode
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,8 @@ def test_readiness_index_and_sigterm() -> None:
         assert "shutting down" in stderr and "Traceback" not in stderr
 
 
-def test_port_in_use_is_one_line() -> None:
-    with Agent("demo") as agent:
-        result = kvscope("demo", "--web.listen-address", f"127.0.0.1:{agent.port}")
+def test_port_in_use_is_one_line(simulated_node: SimulatedNode) -> None:
+    result = kvscope("demo", "--web.listen-address", f"127.0.0.1:{simulated_node.port}")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("kvscope: error: cannot listen on 127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
