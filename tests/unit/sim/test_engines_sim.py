@@ -316,11 +316,11 @@ async def test_refused_pods_are_exported_and_not_scraped(
     node = build_scenario("healthy", SimOptions(clock=clock, latency_scale=0))
     node.pods.append(SimPod(name="forged", namespace="inference", container="c",
                             annotations=dict(SCRAPE), pod_ip=METADATA))
-    ctx = NodeContext(config=load(None, {"scenario": "healthy", "node_name": node.hostname,
-                                         "collectors.engines.discovery_interval": 1e-3}),
-                      sim=node)
+    ctx = sim_context_for(load(None, {"scenario": "healthy", "node_name": node.hostname,
+                                      "collectors.engines.discovery_interval": 1e-3}), node,
+                          oneshot=False)
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         collector = EnginesCollector(ctx)
         families = await families_of(collector, "r")
         await families_of(collector, "r")
@@ -344,8 +344,8 @@ async def test_a_fake_engine_that_goes_down_refuses_and_comes_back() -> None:
     node = build_scenario("healthy", SimOptions(clock=clock, latency_scale=0))
     decode = sim_engines.engine(node, sim_engines.DECODE)
     decode.down_at, decode.up_at = 10.0, 20.0
-    ctx = NodeContext(config=load(None, {"scenario": "healthy", "node_name": node.hostname}),
-                      sim=node)
+    ctx = sim_context_for(load(None, {"scenario": "healthy", "node_name": node.hostname}), node,
+                          oneshot=False)
 
     async def decode_up() -> tuple[float, str]:
         samples = samples_of(render_text(await families_of(collector, "u")).decode())
@@ -355,7 +355,7 @@ async def test_a_fake_engine_that_goes_down_refuses_and_comes_back() -> None:
         return up[0]
 
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         url = decode.url
         collector = EnginesCollector(ctx)
         seen = [await decode_up()]
