@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 import socket
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -19,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -33,6 +33,23 @@ DEFAULT_PORT = 9447  # clashes with neither dcgm-exporter (9400) nor node_export
 _DEFAULT_ENABLED = {r.name: r.default_enabled for r in REGISTRY}
 
 
+WEEK_SECONDS = 7 * 24 * 3600
+# Every cadence, timeout and wait: YAML reads `.inf` and `.nan` as floats, and an infinite
+# timeout is a hang; beyond a week a value is a typo, not a plan.
+Seconds = Annotated[float, Field(gt=0, le=WEEK_SECONDS, allow_inf_nan=False)]
+# gRPC keeps message limits in a C int: a larger value fails inside the client at run time.
+GRPC_MAX_BYTES = 2**31 - 1
+
+
+def parse_port(text: str) -> int | None:
+    """A TCP port written in ASCII digits, or None. str.isdigit() and int() also take other
+    scripts' digits ("\u0669\u0664\u0664\u0667" is 9447), which no other tool would read."""
+    if not 1 <= len(text) <= 5 or not text.isascii() or not text.isdigit():
+        return None
+    port = int(text)
+    return port if port < 65536 else None
+
+
 class ConfigError(Exception):
     """A configuration mistake, phrased as one line for the operator."""
 
@@ -44,25 +61,25 @@ class Strict(BaseModel):
 class Cadence(Strict):
     """Seconds between polls on each tier (see ARCHITECTURE: fast, slow, static)."""
 
-    fast: PositiveFloat = 5.0
-    slow: PositiveFloat = 30.0
-    static: PositiveFloat = 300.0
+    fast: Seconds = 5.0
+    slow: Seconds = 30.0
+    static: Seconds = 300.0
 
 
 class CollectorConfig(Strict):
     enabled: bool = True
     cadence: Cadence = Cadence()
-    timeout: PositiveFloat = Field(4.0, description="seconds one poll of one tier may take")
+    timeout: Seconds = Field(4.0, description="seconds one poll of one tier may take")
 
 
 class GpuConfig(CollectorConfig):
     enabled: bool = _DEFAULT_ENABLED["gpu"]  # the registry's default
     nvml_library: str | None = Field(
         None, description="path of libnvidia-ml.so.1 when it is not on the loader path")
-    xid_wait: PositiveFloat = Field(
+    xid_wait: Seconds = Field(
         1.0, description="seconds the event tier blocks in nvmlEventSetWait per poll")
     gpm: bool = Field(True, description="profiling ratios from NVML GPM (Hopper and newer)")
-    min_gpm_window: PositiveFloat = Field(
+    min_gpm_window: Seconds = Field(
         1.0, description="shortest GPM window trusted; 28 ms windows read zero on H200")
 
 
@@ -89,7 +106,7 @@ class TopologyConfig(CollectorConfig):
         default=Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
         description="kubelet pod-resources v1 socket; absent socket = pod attribution off")
     pod_resources_max_message_bytes: int = Field(
-        default=64 * 1024 * 1024, gt=0,
+        default=64 * 1024 * 1024, gt=0, le=GRPC_MAX_BYTES,
         description="largest List reply accepted (gRPC's default of 4 MiB fails on busy nodes)")
     gpu_resource_names: tuple[str, ...] = Field(
         default=("nvidia.com/gpu",),
@@ -170,12 +187,12 @@ class RdmaConfig(CollectorConfig):
     eadm_path: str | None = Field(
         default="eadm",
         description="Alibaba's eadm tool (name on PATH or a path); absent = source off")
-    eadm_timeout: PositiveFloat = Field(
+    eadm_timeout: Seconds = Field(
         default=2.0, description="seconds one eadm call may take before it is killed")
     rdma_tool_path: str | None = Field(
         default="rdma",
         description="iproute2's rdma tool, for QPs in use (`rdma -j resource show`)")
-    rdma_tool_timeout: PositiveFloat = 2.0
+    rdma_tool_timeout: Seconds = 2.0
     verbs: bool = Field(default=True, description="read device limits with pyverbs (if installed)")
     qp_profiles: tuple[QpProfile, ...] = DEFAULT_QP_PROFILES
     probe: bool = Field(
@@ -187,7 +204,8 @@ class RdmaConfig(CollectorConfig):
     log_paths: tuple[str, ...] = Field(
         default=("/var/log/pods/*/*/*.log",), description="glob patterns of log files to follow")
     log_max_bytes_per_poll: PositiveInt = Field(
-        default=4 * 1024 * 1024, description="read at most this much log text per slow poll")
+        default=4 * 1024 * 1024, le=2**30,
+        description="read at most this much log text per slow poll (at most 1 GiB)")
 
 
 ENGINE_NAMES = ("vllm", "sglang", "lmdeploy", "tgi", "mooncake", "lmcache", "nixl", "dynamo")
@@ -236,11 +254,11 @@ class EnginesConfig(CollectorConfig):
     targets: tuple[EngineTarget, ...] = ()
     # Also scrape pods on this node marked by annotation or carrying a PD role label.
     discovery: bool = True
-    discovery_interval: PositiveFloat = 30.0  # seconds between pod list refreshes
+    discovery_interval: Seconds = 30.0  # seconds between pod list refreshes
     # Seconds one pod list may take; on failure the last good list is kept.
-    discovery_timeout: PositiveFloat = 1.0
+    discovery_timeout: Seconds = 1.0
     # Seconds one target's scrape may take; with discovery_timeout it must fit in `timeout`.
-    target_timeout: PositiveFloat = 2.5
+    target_timeout: Seconds = 2.5
     # Larger bodies (after gunzip) are refused while they are read: reason too_large.
     max_response_bytes: PositiveInt = 4 * 1024 * 1024
     annotations: EngineAnnotations = EngineAnnotations()
@@ -285,10 +303,10 @@ class WebSettings(Strict):
     @field_validator("listen_address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("must be [host]:port, e.g. ':9447' or '127.0.0.1:9447'")
-        del host
+        _, sep, port = value.rpartition(":")
+        if not sep or parse_port(port) is None:
+            raise ValueError(f"must be [host]:port, e.g. ':9447' or '127.0.0.1:9447', the port "
+                             f"in ASCII digits 0-65535 (got {clip(repr(value))})")
         return value
 
     def host_port(self) -> tuple[str, int]:
@@ -307,7 +325,7 @@ class KubernetesSettings(Strict):
     api_url: str | None = Field(None, description="e.g. https://127.0.0.1:6443; default in-cluster")
     token_file: Path | None = None
     ca_file: Path | None = None
-    timeout: PositiveFloat = Field(
+    timeout: Seconds = Field(
         3.0, description="seconds one API read may take; below collectors.topology.timeout, so "
                          "a slow API is reported as such instead of failing the whole poll")
     max_response_bytes: PositiveInt = Field(
@@ -366,8 +384,9 @@ class Config(Strict):
         True, description="add the driver-version label (DCGM_FI_DRIVER_VERSION; "
                           "DCGM_FI_SYSTEM_DRIVER_VERSION on DCGM_* series from dcgm.compat 4.9) "
                           "to GPU series as dcgm-exporter's default-counters.csv does")
-    staleness_factor: PositiveFloat = Field(
-        3.0, description="a tier's snapshot older than this many intervals is dropped")
+    staleness_factor: float = Field(
+        3.0, gt=0, le=1000, allow_inf_nan=False,
+        description="a tier's snapshot older than this many intervals is dropped")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     scenario: str | None = Field(None, description="serve the simulated node (kvscope.sim)")
     collectors: CollectorsConfig = CollectorsConfig()
@@ -384,8 +403,25 @@ class Config(Strict):
         return self
 
 
+# Bounds on what a config file may hold. Real files are a few KiB with a handful of levels;
+# the bounds are far above that and far below what could exhaust the agent's memory or stack.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 32  # sequences and mappings inside each other, the top level's included
+MAX_VALUES = 100_000  # scalars, sequences and mappings, each alias counted once per use
+MAX_NUMBER_CHARS = 100  # int("9" * 5000) raises; sexagesimal "1:1:..." is quadratic
+SHOWN_CHARS = 80  # of a bad value or key quoted in an error line
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was cut, for error lines."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+    # A key is as much the operator's input as a value: a 1 MiB key is clipped too.
+    return ".".join(clip(str(part)) for part in loc)
 
 
 def _unwrap(annotation: Any, part: int | str | None = None) -> Any:
@@ -441,11 +477,122 @@ def describe(err: ValidationError, root: type[BaseModel] | None = None) -> str:
         return f"unknown key '{_dotted(loc)}'{listed}{more}"
     where = f"'{_dotted(loc)}'" if loc else "top level"
     if first["type"] == "value_error":
-        # Our own validators: the message already names the value.
-        return f"{where}: {first.get('ctx', {}).get('error', first['msg'])}{more}"
+        # Our own validators: the message already names the value (the clip bounds it).
+        reason = str(first.get("ctx", {}).get("error", first["msg"]))
+        return f"{where}: {clip(reason, 4 * SHOWN_CHARS)}{more}"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) else f" (got {_shown(value)})"
     return f"{where}: {first['msg']}{shown}{more}"
+
+
+def _shown(value: Any) -> str:
+    """repr(value) in at most about SHOWN_CHARS characters, built without writing out a huge
+    value in full: 9**9 strings shared through YAML aliases take gigabytes as one repr."""
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARS:
+            return repr(value)
+        return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+    if isinstance(value, list | tuple | set | frozenset | dict):
+        return clip(_SHORT_REPR.repr(value))
+    return clip(repr(value))
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxtuple = 3, 4, 4
+_SHORT_REPR.maxdict, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 4, 30, 30
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Well-formed YAML that a config file may not contain (too deep, too big, duplicate keys)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with the bounds above, checked while the document is composed: depth
+    before the composer's recursion can exhaust the stack, the expanded size of each node
+    before its Python objects exist. Aliases stay allowed (exporter-toolkit's Go parser reads
+    them too) but a billion-laughs document is refused at the node where it crosses the bound,
+    after linear work."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values below it, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            node = super().compose_node(parent, index)
+            # An anchored node still being composed contains its own alias.
+            if node is not None and id(node) not in self._sizes:
+                raise _Refused(None, None, f"alias *{clip(str(event.anchor))} is inside the "
+                               "node it names (a recursive structure)", event.start_mark)
+            return node
+        nests = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        self._depth += nests
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                               self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= nests
+        if node is None:
+            return None
+        self._sizes[id(node)] = size = 1 + sum(self._sizes[id(child)]
+                                               for child in _children(node))
+        if size > MAX_VALUES:
+            raise _Refused(None, None, f"more than {MAX_VALUES} values once YAML aliases are "
+                           "expanded; config files hold far fewer", node.start_mark)
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:  # stubs: anchor is a str
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for key, _ in node.value:
+            # Only scalar keys can clash in a config file; `<<` merge keys may repeat.
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            first = seen.setdefault((key.tag, key.value), key)
+            if first is not key:
+                raise _Refused(None, None, f"duplicate key '{clip(key.value)}' (first at line "
+                               f"{first.start_mark.line + 1})", key.start_mark)
+        return node
+
+    def construct_scalar(self, node: yaml.ScalarNode | yaml.MappingNode) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a "\ud800" escape: a lone surrogate
+                raise _Refused(None, None, f"the escape for U+{ord(value[exc.start]):04X} "
+                               "is not a character (a lone surrogate)", node.start_mark) from None
+        return value
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _short_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        _short_number(node)
+        return super().construct_yaml_float(node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _BoundedLoader.construct_yaml_float)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _short_number(node: yaml.ScalarNode) -> None:
+    if len(node.value) > MAX_NUMBER_CHARS:
+        raise _Refused(None, None, f"a number of {len(node.value)} characters (at most "
+                       f"{MAX_NUMBER_CHARS})", node.start_mark)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -458,18 +605,37 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if context and context_mark is not None:
         context += f" (line {context_mark.line + 1}, column {context_mark.column + 1})"
     reason = f"{context}: {problem}" if context else problem
-    return f"{where}: not valid YAML: {reason}"
+    kind = "" if isinstance(exc, _Refused) else "not valid YAML: "
+    return f"{where}: {kind}{clip(reason, 4 * SHOWN_CHARS)}"
+
+
+def _read_bounded(path: Path, what: str) -> str:
+    try:
+        with path.open("rb") as stream:
+            # Read one byte more than allowed, never the whole file: /dev/zero has no end.
+            raw = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{what} {path}: larger than {MAX_FILE_BYTES // 2**20} MiB; is it the "
+                          "right file?")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start} is "
+                          f"0x{raw[exc.start]:02x}); save it as UTF-8") from None
 
 
 def read_file(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The YAML mapping in `path`, within the bounds above; any problem is one ConfigError."""
+    text = _read_bounded(path, what)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {path}: not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: no Python objects
+    except yaml.reader.ReaderError as exc:  # no mark: say where from the character's offset
+        line = text.count("\n", 0, exc.position) + 1
+        char = f" (character #x{exc.character:04x})" if isinstance(exc.character, int) else ""
+        raise ConfigError(f"{what} {path} line {line}: not valid YAML: {exc.reason}"
+                          f"{char}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path}{_yaml_problem(exc)}") from None
     if data is None:

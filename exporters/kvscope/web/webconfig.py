@@ -247,19 +247,34 @@ def ssl_context(web: WebConfig, origin: Path) -> ssl.SSLContext:
     return ctx
 
 
+class _EncryptedKey(Exception):
+    """Raised by the password callback: OpenSSL asked for a passphrase."""
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL prompts on the terminal and waits for a person, so an agent
+    # started by hand with an encrypted key hangs at start; the callback refuses instead.
+    raise _EncryptedKey
+
+
 def _load_certificate(ctx: ssl.SSLContext, tls: TlsServerConfig, origin: Path) -> None:
     where = f"{tls.cert_file or 'inline cert'} / key {tls.key_file or 'inline key'}"
     try:
         if tls.cert is None and tls.key is None:
             assert tls.cert_file is not None and tls.key_file is not None
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+            ctx.load_cert_chain(tls.cert_file, tls.key_file, password=_no_passphrase)
             return
         # ssl only loads certificates from files: inline PEM goes through a private temporary
         # directory that is removed at once.
         with tempfile.TemporaryDirectory(prefix="kvscope-tls-") as tmp:
             cert = tls.cert_file or _private_file(Path(tmp) / "cert.pem", tls.cert or "")
             key = tls.key_file or _private_file(Path(tmp) / "key.pem", tls.key or "")
-            ctx.load_cert_chain(cert, key)
+            ctx.load_cert_chain(cert, key, password=_no_passphrase)
+    except _EncryptedKey:
+        raise ConfigError(f"web config {origin}: TLS key {tls.key_file or 'inline key'} is "
+                          "encrypted (passphrase-protected); kvscope never prompts: give a key "
+                          "without a passphrase (openssl pkey -in KEY -out PLAIN), readable by "
+                          "the agent only") from None
     except (OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
         raise ConfigError(f"web config {origin}: cannot load TLS certificate {where}: "
