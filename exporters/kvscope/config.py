@@ -206,6 +206,17 @@ class RdmaConfig(CollectorConfig):
     log_max_bytes_per_poll: PositiveInt = Field(
         default=4 * 1024 * 1024, le=2**30,
         description="read at most this much log text per slow poll (at most 1 GiB)")
+    sysfs_timeout: Seconds = Field(
+        default=2.0, description="seconds one device's sysfs reads may take in a poll; a device "
+        "past it is reported (sysfs_timeout) and the other devices are still served")
+
+    @model_validator(mode="after")
+    def _sysfs_timeout_fits(self) -> RdmaConfig:
+        if self.sysfs_timeout >= self.timeout:
+            raise ValueError(
+                f"sysfs_timeout ({self.sysfs_timeout}) must be below timeout ({self.timeout}), "
+                "so that one hung device is reported as such instead of failing the whole poll")
+        return self
 
 
 ENGINE_NAMES = ("vllm", "sglang", "lmdeploy", "tgi", "mooncake", "lmcache", "nixl", "dynamo")

@@ -9,9 +9,18 @@ Tiers:
 - slow: `eadm stat` per eRDMA device and `rdma -j resource show` (subprocesses, run
   concurrently under their own timeouts), the opt-in create-QP probe and the opt-in log follower.
 
-A hung or failing eadm sets the slow tier down (kvscope_collector_up{tier="slow"} 0,
-errors_total with the reason) after one eadm timeout; the slow tier's other sources (resource
-counts, probe, log follower) are still served, and the fast tier's port counters keep flowing.
+Failures stay as small as their cause:
+- a hung or failing eadm sets the slow tier down (kvscope_collector_up{tier="slow"} 0,
+  errors_total with the reason) after one eadm timeout; the slow tier's other sources (resource
+  counts, probe, log follower) are still served, and the fast tier's port counters keep flowing;
+- each device's sysfs files are read on a thread of its own under `sysfs_timeout`: a hung device
+  costs its own series (`sysfs_timeout`), the other devices' counters still update;
+- an unparseable value (a new format, a number wider than 64 bits) is one parse error, counted
+  once; the rest of the file, the port and the device are kept;
+- a counter file that vanishes between listing and reading keeps its previous value for that
+  poll and is counted (`vanished`), so its series does not flap.
+
+Family names and HELP texts are tables in collectors/rdma_schema.py; this module fills them.
 """
 
 from __future__ import annotations
@@ -19,29 +28,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client.core import Metric
 
 from kvscope.analysis.qp_profiles import DeviceLimits, effective_request, misfits
+from kvscope.collectors import rdma_schema as schema
 from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.config import QpProfile
 from kvscope.context import NodeContext
-from kvscope.parsers.eadm import STABLE_NAMES, EadmStats, parse_stat, parse_version
+from kvscope.parsers.eadm import EadmStats, parse_stat, parse_version
 from kvscope.parsers.qp_logs import classify, pod_from_path
 from kvscope.parsers.rdma_sysfs import (
     Identity,
     Port,
+    RawPort,
+    carry_vanished,
     parse_identity,
     parse_module_bool,
     parse_port,
 )
 from kvscope.parsers.rdma_tool import Resources, parse_resources
-from kvscope.render.families import Family, counter, gauge, info, non_empty
+from kvscope.render.families import Family, non_empty
 from kvscope.sources.command import CommandResult, Outcome
 from kvscope.sources.eadm import Eadm, EadmOutput
 from kvscope.sources.log_follow import LogFollower
-from kvscope.sources.rdma_sysfs import SysfsRdma
+from kvscope.sources.rdma_sysfs import DeviceHung, DeviceThreads, SysfsRdma
 from kvscope.sources.rdma_tool import RdmaTool
 from kvscope.sources.verbs import (
     ProbeResult,
@@ -52,16 +65,8 @@ from kvscope.sources.verbs import (
 )
 
 log = logging.getLogger(__name__)
-
-LIMIT_FIELDS = (
-    ("max_qp", "queue pairs"), ("max_qp_wr", "work requests per queue"),
-    ("max_sge", "scatter/gather entries per work request (min of send and receive)"),
-    ("max_cq", "completion queues"), ("max_cqe", "entries per completion queue"),
-    ("max_mr", "memory regions"), ("max_pd", "protection domains"),
-    ("max_qp_rd_atom", "outstanding RDMA reads/atomics per QP as target"),
-)
-
-PMA = "PMA counters/ (sysfs)"
+T = TypeVar("T")
+Errors = dict[str, CollectorError]  # one error per reason and poll
 
 
 class RdmaCollector(Collector):
@@ -71,17 +76,24 @@ class RdmaCollector(Collector):
         self._ctx = ctx
         self._cfg = ctx.config.collectors.rdma
         self._sysfs = SysfsRdma(ctx.config.paths.sysfs, self._cfg.devices.wants)
+        self._threads = {tier: DeviceThreads(f"rdma-{tier}") for tier in (Tier.STATIC, Tier.FAST)}
         self._eadm = Eadm(self._cfg.eadm_path, self._cfg.eadm_timeout)
         self._tool = RdmaTool(self._cfg.rdma_tool_path, self._cfg.rdma_tool_timeout)
         self._verbs_lib = verbs_lib
         self._verbs: VerbsSource | None = None
-        self._verbs_note: str | None = None
-        self._follower = LogFollower(self._cfg.log_paths, self._cfg.log_max_bytes_per_poll,
-                                     from_start=ctx.oneshot) if self._cfg.log_follow else None
+        self._follower = (
+            LogFollower(
+                self._cfg.log_paths, self._cfg.log_max_bytes_per_poll, from_start=ctx.oneshot
+            )
+            if self._cfg.log_follow
+            else None
+        )
         self._identities: dict[str, Identity] = {}
         self._limits: dict[str, DeviceLimits] = {}
         self._driver_version: str | None = None
+        self._last_read: dict[tuple[str, str], RawPort] = {}  # (device, port) -> as read
         self._parse_errors: Counter[str] = Counter()
+        self._read_errors: Counter[tuple[str, str]] = Counter()  # (device, reason)
         self._last_bad: dict[tuple[str, ...], str] = {}  # (source, *where) -> last bad text
         self._qp_failures: Counter[tuple[str, str, str, str]] = Counter()
         self._noted: set[str] = set()
@@ -91,14 +103,17 @@ class RdmaCollector(Collector):
     def schedules(self) -> dict[Tier, Schedule]:
         c, t = self._cfg.cadence, self._cfg.timeout
         slow_timeout = max(t, self._cfg.eadm_timeout, self._cfg.rdma_tool_timeout) + 2.0
-        return {Tier.STATIC: Schedule(c.static, t), Tier.FAST: Schedule(c.fast, t),
-                Tier.SLOW: Schedule(c.slow, slow_timeout)}
+        return {
+            Tier.STATIC: Schedule(c.static, t),
+            Tier.FAST: Schedule(c.fast, t),
+            Tier.SLOW: Schedule(c.slow, slow_timeout),
+        }
 
     async def poll(self, tier: Tier, pool: Pool) -> PollResult:
         if tier is Tier.STATIC:
-            return PollResult(await self._poll_static(pool))
+            return await self._poll_static(pool)
         if tier is Tier.FAST:
-            return PollResult(await self._poll_fast(pool))
+            return await self._poll_fast(pool)
         return await self._poll_slow(pool)
 
     def _count_bad_value(self, source: str, where: tuple[str, ...], text: str) -> bool:
@@ -119,12 +134,50 @@ class RdmaCollector(Collector):
             self._noted.add(key)
             log.debug("%s", message)
 
+    # ---- per-device sysfs reads --------------------------------------------------------------
+
+    async def _read_each(
+        self,
+        pool: Pool,
+        tier: Tier,
+        read: Callable[[str], T],
+    ) -> tuple[list[str], dict[str, T], Errors]:
+        """Every wanted device read by `read` on its own thread: (names, what was read, errors).
+        A device whose read did not return in time is left out and reported."""
+        names = await pool.run(self._sysfs.device_names)
+        threads, limit = self._threads[tier], self._cfg.sysfs_timeout
+        results = await asyncio.gather(*(threads.run(n, read, limit) for n in names))
+        read_now: dict[str, T] = {}
+        hung: list[str] = []
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, DeviceHung):
+                hung.append(name)
+                self._read_errors[(name, "timeout")] += 1
+            else:
+                read_now[name] = result
+        errors: Errors = {}
+        if hung:
+            _add_error(
+                errors,
+                CollectorError(
+                    "sysfs_timeout",
+                    f"{', '.join(hung)}: sysfs reads under {self._sysfs.class_dir} "
+                    f"did not return in {limit:g}s; other devices served",
+                ),
+            )
+        return names, read_now, errors
+
     # ---- static: identity, limits, profile verdicts ----------------------------------------
 
-    async def _poll_static(self, pool: Pool) -> list[Metric]:
-        raw = await pool.run(self._sysfs.read_devices)
-        self._identities = {r.device: parse_identity(r) for r in raw}
-        if not self._identities:
+    async def _poll_static(self, pool: Pool) -> PollResult:
+        names, raw, errors = await self._read_each(pool, Tier.STATIC, self._sysfs.read_device)
+        known = self._identities  # a hung device keeps the identity it had: it has not moved
+        self._identities = {
+            n: parse_identity(raw[n]) if n in raw else known[n]
+            for n in names
+            if n in raw or n in known
+        }
+        if not names:
             self._note_once("no-devices", f"no RDMA devices under {self._sysfs.class_dir}")
         report = await self._query_verbs(pool) if self._cfg.verbs else None
         families = [self._info_family()]
@@ -134,19 +187,13 @@ class RdmaCollector(Collector):
             self._limits = report.limits
             families.extend(self._limit_families(report))
             families.append(self._fits_family())
-        available = gauge("kvscope_rdma_verbs_available",
-                          "1 when pyverbs opened the RDMA devices (limits and probe work); 0 "
-                          "when pyverbs is missing or finds no device.")
+        available = schema.VERBS_AVAILABLE.new()
         if self._cfg.verbs:
             available.add({}, 1 if report is not None else 0)
-        return non_empty(available, *families)
+        return PollResult(non_empty(available, *families), tuple(errors.values()))
 
     async def _erdma_compat_family(self, pool: Pool) -> Family:
-        compat = gauge("kvscope_erdma_compat_mode",
-                       "1 when Alibaba's erdma driver runs with compat_mode=Y, 0 with N "
-                       "(sysfs module/erdma/parameters/compat_mode; absent for drivers without "
-                       "it). Engines that exchange QP numbers out of band (over TCP, not RDMA "
-                       "CM) need it on.")
+        compat = schema.ERDMA_COMPAT_MODE.new()
         value = parse_module_bool(await pool.run(self._sysfs.read_erdma_compat_mode))
         if value is not None:
             compat.add({}, value)
@@ -168,15 +215,19 @@ class RdmaCollector(Collector):
         return report
 
     def _info_family(self) -> Family:
-        fam = info("kvscope_rdma_device_info",
-                   "RDMA device attributes from /sys/class/infiniband/<device> (fw_ver, hca_type, "
-                   "board_id, node_guid, device/driver, device/net, device/numa_node); value 1.")
+        fam = schema.DEVICE_INFO.new()
         for ident in self._identities.values():
-            labels = {"device": ident.device, "driver": ident.driver,
-                      "firmware_version": ident.firmware_version, "hca_type": ident.hca_type,
-                      "board_id": ident.board_id, "node_guid": ident.node_guid,
-                      "netdev": ",".join(ident.netdevs), "pci_bus_id": ident.pci_bus_id,
-                      "pci_path": ident.pci_path}
+            labels = {
+                "device": ident.device,
+                "driver": ident.driver,
+                "firmware_version": ident.firmware_version,
+                "hca_type": ident.hca_type,
+                "board_id": ident.board_id,
+                "node_guid": ident.node_guid,
+                "netdev": ",".join(ident.netdevs),
+                "pci_bus_id": ident.pci_bus_id,
+                "pci_path": ident.pci_path,
+            }
             if ident.numa_node is not None:
                 labels["numa_node"] = str(ident.numa_node)
             fam.add({k: v for k, v in labels.items() if v}, 1)  # absent, not "", when unknown
@@ -184,15 +235,12 @@ class RdmaCollector(Collector):
 
     def _limit_families(self, report: VerbsReport) -> list[Family]:
         out = []
-        for field, what in LIMIT_FIELDS:
-            fam = gauge(f"kvscope_rdma_device_{field}",
-                        f"Device limit {field}: {what}. pyverbs Context.query_device() "
-                        "(ibv_query_device).")
+        for field, spec in schema.LIMITS:
+            fam = spec.new()
             for dev, limits in sorted(report.limits.items()):
                 fam.add({"device": dev}, getattr(limits, field))
             out.append(fam)
-        mtu = gauge("kvscope_rdma_port_active_mtu_bytes",
-                    "Active MTU of the port in bytes. pyverbs Context.query_port().")
+        mtu = schema.ACTIVE_MTU.new()
         for port in report.ports:
             if port.active_mtu_bytes is not None:
                 mtu.add({"device": port.device, "port": port.port}, port.active_mtu_bytes)
@@ -204,10 +252,7 @@ class RdmaCollector(Collector):
         return ident.is_erdma if ident is not None else device.startswith("erdma")
 
     def _fits_family(self) -> Family:
-        fam = gauge("kvscope_rdma_qp_profile_fits",
-                    "1 when the QP profile's caps (SGEs, work requests, inline data) fit the "
-                    "device's limits from ibv_query_device (and eRDMA's known per-direction "
-                    "limits: 6 send SGEs, 1 receive SGE, 96 B inline); 0 = QP creation will fail.")
+        fam = schema.PROFILE_FITS.new()
         for dev, limits in sorted(self._limits.items()):
             for profile in self._cfg.qp_profiles:
                 reasons = misfits(profile, limits, erdma=self._is_erdma(dev))
@@ -216,101 +261,69 @@ class RdmaCollector(Collector):
 
     # ---- fast: ports ------------------------------------------------------------------------
 
-    async def _poll_fast(self, pool: Pool) -> list[Metric]:
-        raw = await pool.run(self._sysfs.read_ports)
-        ports = [parse_port(r) for r in raw]
-        for port in ports:
-            for error in port.errors:
-                if self._count_bad_value("sysfs", (port.device, port.port, error.what),
-                                         error.text):
-                    log.debug("%s/%s: cannot parse %s: %r", port.device, port.port,
-                              error.what, error.text)
-            if port.saturated:
-                self._note_once(f"sat:{port.device}:{port.port}:{port.saturated}",
-                                f"{port.device}/{port.port}: counters pinned at their maximum "
-                                f"(legacy 32-bit PMA table): {', '.join(port.saturated)}")
-        return self._port_families(ports) + self._parse_error_family(("sysfs",))
+    async def _poll_fast(self, pool: Pool) -> PollResult:
+        _, read, errors = await self._read_each(pool, Tier.FAST, self._sysfs.read_device_ports)
+        ports = [self._parse_port(raw) for dev in sorted(read) for raw in read[dev]]
+        # What was read now replaces what was read before; a hung device keeps its entries.
+        self._last_read = {
+            **{k: v for k, v in self._last_read.items() if k[0] not in read},
+            **{(r.device, r.port): r for raws in read.values() for r in raws},
+        }
+        families = (
+            self._port_families(ports)
+            + self._parse_error_family(("sysfs",))
+            + self._read_error_family()
+        )
+        return PollResult(families, tuple(errors.values()))
+
+    def _parse_port(self, raw: RawPort) -> Port:
+        """One port, with the vanished files' previous text carried over and counted."""
+        if raw.vanished:
+            self._read_errors[(raw.device, "vanished")] += len(raw.vanished)
+            log.debug(
+                "%s/%s: gone while being read: %s", raw.device, raw.port, ", ".join(raw.vanished)
+            )
+        port = parse_port(carry_vanished(raw, self._last_read.get((raw.device, raw.port))))
+        for error in port.errors:
+            if self._count_bad_value("sysfs", (port.device, port.port, error.what), error.text):
+                log.debug(
+                    "%s/%s: cannot parse %s: %r", port.device, port.port, error.what, error.text
+                )
+        if port.saturated:
+            self._note_once(
+                f"sat:{port.device}:{port.port}:{port.saturated}",
+                f"{port.device}/{port.port}: counters pinned at their maximum "
+                f"(legacy 32-bit PMA table): {', '.join(port.saturated)}",
+            )
+        return port
 
     def _port_families(self, ports: list[Port]) -> list[Metric]:
-        state = gauge("kvscope_rdma_port_state",
-                      "Logical port state, sysfs ports/<n>/state: 1 DOWN, 2 INIT, 3 ARMED, "
-                      "4 ACTIVE, 5 ACTIVE_DEFER.")
-        phys = gauge("kvscope_rdma_port_physical_state",
-                     "Physical port state, sysfs ports/<n>/phys_state: 1 Sleep, 2 Polling, "
-                     "3 Disabled, 4 PortConfigurationTraining, 5 LinkUp, 6 LinkErrorRecovery, "
-                     "7 Phy Test.")
-        rate = gauge("kvscope_rdma_port_rate_bytes_per_second",
-                     "Port rate from sysfs ports/<n>/rate (Gb/s x 125000000). On eRDMA this is the "
-                     "vNIC speed, not the instance's bandwidth quota.")
-        port_info = info("kvscope_rdma_port_info",
-                         "Port attributes from sysfs: link_layer, and width and speed from the "
-                         "rate string (\"200 Gb/sec (4X HDR)\"); value 1.")
-        tx_b = counter("kvscope_rdma_port_transmit_bytes_total",
-                       "Bytes sent: PMA port_xmit_data(_64) x 4 (it counts 4-byte words) on "
-                       "IB/RoCE; without PMA, hw_counters bytes: erdma (hw_)tx_bytes_cnt, irdma "
-                       "ip4OutOctets+ip6OutOctets, bnxt_re/EFA tx_bytes.")
-        rx_b = counter("kvscope_rdma_port_receive_bytes_total",
-                       "Bytes received: PMA port_rcv_data(_64) x 4 on IB/RoCE; without PMA, "
-                       "hw_counters bytes: erdma (hw_)rx_bytes_cnt, irdma "
-                       "ip4InOctets+ip6InOctets, bnxt_re/EFA rx_bytes.")
-        tx_p = counter("kvscope_rdma_port_transmit_packets_total",
-                       "Packets sent: PMA port_xmit_packets(_64); without PMA, erdma "
-                       "(hw_)tx_packets_cnt, irdma ip4OutPkts+ip6OutPkts, bnxt_re/EFA tx_pkts.")
-        rx_p = counter("kvscope_rdma_port_receive_packets_total",
-                       "Packets received: PMA port_rcv_packets(_64); without PMA, erdma "
-                       "(hw_)rx_packets_cnt, irdma ip4InPkts+ip6InPkts, bnxt_re/EFA rx_pkts.")
-        pma = counter("kvscope_rdma_port_counter_total",
-                      "Every PMA counter in sysfs ports/<n>/counters/, raw (port_xmit_data and "
-                      "port_rcv_data in 4-byte words; legacy counters saturate, see "
-                      "kvscope_rdma_port_saturated_counters).")
-        hw = counter("kvscope_rdma_hw_counter_total",
-                     "Every driver counter in sysfs ports/<n>/hw_counters/ (mlx5 Q and congestion "
-                     "counters, both eRDMA drivers' counters, irdma, bnxt_re, EFA), raw; "
-                     "lifespan and current levels (kvscope_rdma_hw_level) excluded. mlx5 "
-                     "Q counters are 32-bit and wrap.")
-        hw_level = gauge("kvscope_rdma_hw_level",
-                         "Driver hw_counters/ files that hold a current level, not a count: "
-                         "bnxt_re active_* (resources in use), watermark_* (high-water marks "
-                         "since driver load), db_fifo_register; raw.")
-        sat = gauge("kvscope_rdma_port_saturated_counters",
-                    "PMA counters of the port pinned at their maximum (2^width-1): the legacy "
-                    "32-bit table saturates instead of wrapping, so their rates read 0.")
+        port_info = schema.PORT_INFO.new()
+        values = [(spec.new(), value_of) for spec, value_of in schema.PORT_VALUES]
+        files = [(spec.new(), values_of) for spec, values_of in schema.PORT_FILES]
         for p in ports:
             labels = {"device": p.device, "port": p.port}
-            if p.state is not None:
-                state.add(labels, p.state.value)
-            if p.phys_state is not None:
-                phys.add(labels, p.phys_state.value)
-            if p.rate is not None:
-                rate.add(labels, p.rate.bytes_per_second)
-            attrs = {"link_layer": p.link_layer or ""}
-            if p.rate is not None:
-                attrs.update(width=p.rate.width, speed=p.rate.speed)
-            port_info.add({**labels, **{k: v for k, v in attrs.items() if v}}, 1)
-            for fam, value in ((tx_b, p.traffic.tx_bytes), (rx_b, p.traffic.rx_bytes),
-                               (tx_p, p.traffic.tx_packets), (rx_p, p.traffic.rx_packets)):
+            port_info.add({**labels, **_port_attributes(p)}, 1)
+            for fam, value_of in values:
+                value = value_of(p)
                 if value is not None:
                     fam.add(labels, value)
-            for name, value in sorted(p.counters.items()):
-                pma.add({**labels, "counter": name}, value)
-            for name, value in sorted(p.counters_ext.items()):
-                pma.add({**labels, "counter": name}, value)
-            for name, value in sorted(p.hw_counters.items()):
-                hw.add({**labels, "counter": name}, value)
-            for name, value in sorted(p.hw_gauges.items()):
-                hw_level.add({**labels, "counter": name}, value)
-            if p.counters:
-                sat.add(labels, len(p.saturated))
-        return non_empty(port_info, state, phys, rate, tx_b, rx_b, tx_p, rx_p, sat, pma, hw,
-                         hw_level)
+            for fam, values_of in files:
+                for name, count in values_of(p).items():
+                    fam.add({**labels, "counter": name}, count)
+        return non_empty(port_info, *(f for f, _ in values), *(f for f, _ in files))
 
     def _parse_error_family(self, sources: tuple[str, ...]) -> list[Metric]:
-        fam = counter("kvscope_rdma_parse_errors_total",
-                      "Values the RDMA collector could not parse, by source (sysfs, eadm, "
-                      "rdma_tool, verbs): a new driver or tool format.")
+        fam = schema.PARSE_ERRORS.new()
         for source in sources:
             if source in self._parse_errors:
                 fam.add({"source": source}, self._parse_errors[source])
+        return non_empty(fam)
+
+    def _read_error_family(self) -> list[Metric]:
+        fam = schema.SYSFS_READ_ERRORS.new()
+        for (device, reason), n in sorted(self._read_errors.items()):
+            fam.add({"device": device, "reason": reason}, n)
         return non_empty(fam)
 
     # ---- slow: eadm, rdma tool, probe, logs -------------------------------------------------
@@ -325,7 +338,7 @@ class RdmaCollector(Collector):
         blocking = pool.run(self._blocking_slow)
         eadm, tool, (probes, lines) = await asyncio.gather(eadm_job, tool_job, blocking)
         families: list[Metric] = []
-        errors: dict[str, CollectorError] = {}  # one error per reason and poll
+        errors: Errors = {}
         if eadm is not None:
             stats, version = self._eadm_records(eadm, errors)
             families += self._eadm_families(stats, version)
@@ -341,8 +354,11 @@ class RdmaCollector(Collector):
             return None
         return await self._eadm.read(devices, want_version=self._driver_version is None)
 
-    def _eadm_records(self, out: EadmOutput, errors: dict[str, CollectorError],
-                      ) -> tuple[dict[str, EadmStats], str | None]:
+    def _eadm_records(
+        self,
+        out: EadmOutput,
+        errors: Errors,
+    ) -> tuple[dict[str, EadmStats], str | None]:
         """Parsed counters of the devices whose eadm call worked; every failure in `errors`."""
         stats: dict[str, EadmStats] = {}
         for dev, result in out.stats.items():
@@ -351,8 +367,9 @@ class RdmaCollector(Collector):
                 continue
             parsed = parse_stat(result.stdout)
             if parsed.error is not None:
-                _add_error(errors, CollectorError(
-                    "eadm_parse", f"eadm stat -d {dev}: {parsed.error}"))
+                _add_error(
+                    errors, CollectorError("eadm_parse", f"eadm stat -d {dev}: {parsed.error}")
+                )
             stats[dev] = parsed  # kept even when empty: its malformed lines still count
         version = None
         if out.version is not None:
@@ -362,12 +379,11 @@ class RdmaCollector(Collector):
                 _add_error(errors, _command_error("eadm", out.version, self._eadm.timeout))
         return stats, version
 
-    def _tool_records(self, tool: CommandResult | None,
-                      errors: dict[str, CollectorError]) -> Resources | None:
+    def _tool_records(self, tool: CommandResult | None, errors: Errors) -> Resources | None:
         """QP counts from `rdma resource show`. A hung or flooding tool is an error; a tool that
         is absent or refused (no RDMA netlink in this network namespace) is "no data"."""
         if tool is None:
-            self._note_once("rdma-tool", "no QP counts: rdma tool not installed")
+            self._note_once("rdma-tool", "no QP counts: rdma tool not installed or no devices")
             return None
         if tool.outcome in (Outcome.TIMEOUT, Outcome.TOO_LARGE):
             _add_error(errors, _command_error("rdma_tool", tool, self._tool.timeout))
@@ -392,43 +408,38 @@ class RdmaCollector(Collector):
                 results.append(self._verbs.probe(dev, request, limits.max_cqe))
         return results
 
-    def _eadm_families(self, all_stats: dict[str, EadmStats],
-                       version_now: str | None) -> list[Metric]:
+    def _eadm_families(
+        self, all_stats: dict[str, EadmStats], version_now: str | None
+    ) -> list[Metric]:
         if version_now is not None:
             self._driver_version = version_now
         families: dict[str, Family] = {}
-        other = counter("kvscope_erdma_eadm_counter_total",
-                        "eadm stat counters kvscope has no stable name for, passed through by "
-                        "their eadm key.")
+        other = schema.EADM_OTHER.new()
         for dev, stats in sorted(all_stats.items()):
             for key, text in stats.malformed_lines:
                 self._count_bad_value("eadm", (dev, key), text)
             if stats.error:
                 self._count_bad_value("eadm", (dev, "output"), stats.error)
             for key, value in stats.counters.items():
-                name = STABLE_NAMES.get(key)
-                if name is None:
+                if key not in schema.EADM_NAMES:
                     other.add({"device": dev, "counter": key}, value)
                     continue
-                fam = families.get(name)
-                if fam is None:
-                    fam = families[name] = counter(name, _eadm_help(key))
-                fam.add({"device": dev}, value)
-        version = info("kvscope_erdma_driver_info",
-                       "erdma kernel driver version from `eadm ver`; value 1.")
+                if key not in families:
+                    families[key] = schema.eadm_spec(key).new()
+                families[key].add({"device": dev}, value)
+        version = schema.DRIVER_INFO.new()
         if self._driver_version is not None:
             version.add({"version": self._driver_version}, 1)
-        ordered = [families[n] for n in STABLE_NAMES.values() if n in families]
+        ordered = [families[key] for key in schema.EADM_NAMES if key in families]
         return non_empty(*ordered, other, version)
 
     def _resource_families(self, resources: Resources | None) -> list[Metric]:
-        fam = gauge("kvscope_rdma_resources",
-                    "RDMA resources in use per device, by type (qp, cq, mr, pd, ctx, cm_id, srq), "
-                    "from `rdma -j resource show`. Compare type=\"qp\" with "
-                    "kvscope_rdma_device_max_qp.")
+        fam = schema.RESOURCES.new()
         if resources is not None:
             if resources.error is not None:
                 self._count_bad_value("rdma_tool", (), resources.error)
+            for dev, kind, text in resources.malformed:
+                self._count_bad_value("rdma_tool", (dev, kind), text)
             for dev, counts in sorted(resources.by_device.items()):
                 if dev not in self._identities:
                     continue  # a device of another sysfs root (fixture trees): not this node's
@@ -437,19 +448,16 @@ class RdmaCollector(Collector):
         return non_empty(fam)
 
     def _probe_families(self, probes: list[ProbeResult]) -> list[Metric]:
-        ok = gauge("kvscope_rdma_qp_probe_success",
-                   "1 when an RC QP with the profile's caps was created (and destroyed) on the "
-                   "device; 0 with the reason (errno name, e.g. EINVAL) when creation failed. "
-                   "Opt-in (collectors.rdma.probe), slow tier.")
-        seconds = gauge("kvscope_rdma_qp_probe_duration_seconds",
-                        "Time the create-QP probe took (open, PD, CQ, QP, destroy).")
+        ok, seconds = schema.PROBE_SUCCESS.new(), schema.PROBE_DURATION.new()
         for result in probes:
             labels = {"device": result.device, "profile": result.profile}
             ok.add({**labels, "reason": result.reason}, 1 if result.success else 0)
             seconds.add(labels, result.duration)
             if not result.success:
-                self._note_once(f"probe:{result.device}:{result.profile}:{result.reason}",
-                                f"QP probe {result.profile} on {result.device}: {result.message}")
+                self._note_once(
+                    f"probe:{result.device}:{result.profile}:{result.reason}",
+                    f"QP probe {result.profile} on {result.device}: {result.message}",
+                )
         return non_empty(ok, seconds)
 
     def _count_log_lines(self, batches: list[tuple[str, list[str]]]) -> None:
@@ -459,17 +467,18 @@ class RdmaCollector(Collector):
                 failure = classify(line)
                 if failure is None:
                     continue
-                key = (failure.kind, failure.framework, pod.namespace if pod else "",
-                       pod.pod if pod else "")
+                key = (
+                    failure.kind,
+                    failure.framework,
+                    pod.namespace if pod else "",
+                    pod.pod if pod else "",
+                )
                 self._qp_failures[key] += 1
 
     def _log_families(self) -> list[Metric]:
         if self._follower is None:
             return []
-        fam = counter("kvscope_rdma_app_qp_failures_total",
-                      "QP create/modify failure lines seen in followed engine logs (Mooncake, "
-                      "DLSlime, UCX/NIXL, perftest), by kind, framework and the pod named by the "
-                      "log path. Counted since the agent started.")
+        fam = schema.APP_QP_FAILURES.new()
         for (kind, framework, namespace, pod), n in sorted(self._qp_failures.items()):
             fam.add({"kind": kind, "framework": framework, "namespace": namespace, "pod": pod}, n)
         return non_empty(fam)
@@ -479,23 +488,21 @@ async def _no_tool() -> None:
     return None  # no RDMA devices: nothing to count
 
 
+def _port_attributes(port: Port) -> dict[str, str]:
+    """The port's `_info` labels; absent, not "", when unknown."""
+    attrs = {"link_layer": port.link_layer or ""}
+    if port.rate is not None:
+        attrs.update(width=port.rate.width, speed=port.rate.speed)
+    return {k: v for k, v in attrs.items() if v}
+
+
 def _command_error(source: str, result: CommandResult, limit_s: float) -> CollectorError:
     """`eadm_timeout`, `eadm_too_large`, `eadm_failed` (and the same for rdma_tool)."""
-    kind = {Outcome.TIMEOUT: "timeout", Outcome.TOO_LARGE: "too_large"}.get(result.outcome,
-                                                                             "failed")
+    kind = {Outcome.TIMEOUT: "timeout", Outcome.TOO_LARGE: "too_large"}.get(
+        result.outcome, "failed"
+    )
     return CollectorError(f"{source}_{kind}", result.describe(limit_s))
 
 
-def _add_error(errors: dict[str, CollectorError], error: CollectorError) -> None:
+def _add_error(errors: Errors, error: CollectorError) -> None:
     errors.setdefault(error.reason, error)  # one error per reason and poll
-
-
-def _eadm_help(key: str) -> str:
-    if "limit_drop" in key:
-        return (f"eadm stat {key}: packets dropped because the instance's eRDMA bandwidth (bps) "
-                "or packet-rate (pps) quota was hit. The 25 Gb/s port rate hides this quota.")
-    if key == "verbs_create_qp_failed_cnt":
-        return ("eadm stat verbs_create_qp_failed_cnt: failed ibv_create_qp calls (caps above the "
-                "device limits, e.g. more than 1 receive SGE, or out of QPNs).")
-    return f"eadm stat {key} (Alibaba erdma driver counter, since driver load)."
-

@@ -16,12 +16,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-# The OOT driver's counter names, in its enum order (erdma_stats.c), and the stem of the stable
-# kvscope_erdma_<stem>_total family each feeds. The stems are the shaowenchen/erdma-exporter
-# names so its dashboards translate by prefix: "_cnt" dropped, a leading "erdma_" dropped (it
-# would double the prefix), and the exporter's readability renames.
-_RENAMES = {"accept_total_cnt": "accept", "connect_total_cnt": "connect", "reject_cnt": "reject",
-            "cmdq_comp_cnt": "cmdq_completed", "hw_tx_reqs_cnt": "hw_tx_requests"}
+from kvscope.parsers.numbers import parse_u64
+
+# The OOT driver's counter names, in its enum order (erdma_stats.c). Their exported names are
+# the collector's (collectors/rdma_schema.EADM_NAMES).
 OOT_COUNTERS: tuple[str, ...] = (
     "listen_create_cnt", "listen_ipv6_cnt", "listen_success_cnt", "listen_failed_cnt",
     "listen_destroy_cnt", "accept_total_cnt", "accept_success_cnt", "accept_failed_cnt",
@@ -40,15 +38,9 @@ OOT_COUNTERS: tuple[str, ...] = (
     "hw_bps_limit_drop_cnt", "hw_pps_limit_drop_cnt", "hw_rx_packets_cnt", "hw_rx_bytes_cnt",
     "hw_rx_disable_drop_cnt", "hw_rx_bps_limit_drop_cnt", "hw_rx_pps_limit_drop_cnt",
 )
-STABLE_NAMES: Mapping[str, str] = {
-    key: "kvscope_erdma_"
-         f"{_RENAMES.get(key, key.removesuffix('_cnt').removeprefix('erdma_'))}_total"
-    for key in OOT_COUNTERS
-}
 _KNOWN = frozenset(OOT_COUNTERS)
 
 _LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*[:=]\s*(\S.*?)\s*$")
-_UINT = re.compile(r"^\d+$")
 _VERSION = re.compile(r"version\s*:?\s*v?(\d+(?:\.\d+)+)", re.IGNORECASE)
 
 
@@ -79,9 +71,10 @@ def parse_stat(text: str) -> EadmStats:
         if m is None:
             continue
         key, value = m.group(1), m.group(2)
-        if _UINT.match(value):
-            counters[key] = int(value)
-        elif names_a_counter(key):
+        number = parse_u64(value)
+        if number is not None:
+            counters[key] = number
+        elif names_a_counter(key):  # "N/A", "-3", or wider than the driver's 64 bits
             malformed.append((key, value[:80]))
     if not counters:
         what = "empty output" if not text.strip() else "no 'name : value' counter lines"

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from kvscope.parsers.numbers import parse_u64
 
 GBPS_TO_BYTES = 125_000_000  # 1 Gb/s in bytes/s
 
@@ -87,11 +89,10 @@ HW_GAUGES_BY_DRIVER: Mapping[str, frozenset[str]] = {
 }
 HW_GAUGES: frozenset[str] = frozenset().union(*HW_GAUGES_BY_DRIVER.values())
 
-_STATE = re.compile(r"^\s*(\d+)\s*:\s*(.*?)\s*$")
+_STATE = re.compile(r"^\s*(\d{1,3})\s*:\s*(.*?)\s*$")  # IB states are small enums
 # "Gb/sec" from the kernel's rate_show; "GB/sec" (with no width) from ports without a link.
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*Gb/sec\s*(?:\((\d+)X\s*([A-Za-z0-9]*)\))?",
+_RATE = re.compile(r"^\s*(\d{1,7}(?:\.\d{1,9})?)\s*Gb/sec\s*(?:\((\d{1,2})X\s*([A-Za-z0-9]*)\))?",
                    re.IGNORECASE)
-_UINT = re.compile(r"^\s*(\d+)\s*$")
 NO_PMA = "N/A"
 
 
@@ -166,10 +167,11 @@ def parse_rate(text: str) -> Rate | ParseError:
 
 
 def parse_counter(name: str, text: str) -> int | ParseError | None:
-    """An unsigned counter; None for "N/A (no PMA)", which means "not available", not zero."""
-    m = _UINT.match(text)
-    if m is not None:
-        return int(m.group(1))
+    """An unsigned counter; None for "N/A (no PMA)", which means "not available", not zero.
+    A number wider than 64 bits is a ParseError like any other bad text."""
+    value = parse_u64(text)
+    if value is not None:
+        return value
     if text.strip().startswith(NO_PMA):
         return None
     return ParseError.of(name, text)
@@ -262,6 +264,29 @@ class RawPort:
     counters: Mapping[str, str] = field(default_factory=dict)
     counters_ext: Mapping[str, str] = field(default_factory=dict)
     hw_counters: Mapping[str, str] = field(default_factory=dict)
+    # "<dir>/<file>" of counter files listed in their directory but gone when opened
+    vanished: tuple[str, ...] = ()
+
+
+COUNTER_DIRS = ("counters", "counters_ext", "hw_counters")
+
+
+def carry_vanished(raw: RawPort, previous: RawPort | None) -> RawPort:
+    """`raw` with each vanished counter file's text from the previous read, so a file that
+    disappears for one read (a driver re-creating its sysfs group, a read racing a reset) does
+    not make its series drop out and come back. Only text that was read is carried: `previous`
+    is the earlier read as it came from sysfs, so a file gone twice in a row is dropped, and a
+    file no longer listed at all is not carried."""
+    if not raw.vanished or previous is None:
+        return raw
+    groups = {name: dict(getattr(raw, name)) for name in COUNTER_DIRS}
+    for path in raw.vanished:
+        group, _, name = path.partition("/")
+        earlier: Mapping[str, str] = getattr(previous, group, {})
+        if group in groups and name in earlier:
+            groups[group][name] = earlier[name]
+    return replace(raw, counters=groups["counters"], counters_ext=groups["counters_ext"],
+                   hw_counters=groups["hw_counters"])
 
 
 @dataclass(frozen=True)
@@ -345,7 +370,7 @@ _PCI_ADDR = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 def parse_identity(raw: RawDevice) -> Identity:
     """Identity from the raw device files and the resolved `device` and `driver` links."""
     attrs, driver_link, device_path = raw.attrs, raw.driver_link, raw.device_path
-    numa = _UINT.match(attrs.get("numa_node", ""))  # -1 (no NUMA) does not match: absent
+    numa = parse_u64(attrs.get("numa_node", ""))  # -1 (no NUMA) is not a u64: absent
     parts = [p for p in device_path.split("/") if p]
     pci = [p for p in parts if _PCI_ADDR.match(p)]
     return Identity(
@@ -357,7 +382,7 @@ def parse_identity(raw: RawDevice) -> Identity:
         node_guid=attrs.get("node_guid", "").strip(),
         node_type=attrs.get("node_type", "").strip(),
         netdevs=raw.netdevs,
-        numa_node=int(numa.group(1)) if numa else None,
+        numa_node=numa,
         pci_bus_id=pci[-1].lower() if pci else "",
         pci_path="/" + "/".join(parts) if parts else "",
         ports=raw.ports,

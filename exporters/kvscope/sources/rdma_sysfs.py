@@ -1,9 +1,15 @@
 """Reader for /sys/class/infiniband under a configurable sysfs root (`--path.sysfs`).
 
 Only I/O happens here; kvscope.parsers.rdma_sysfs turns the text into records. Every function
-blocks (each PMA counter read is a MAD to the NIC), so the RDMA collector calls them through the
-runtime's thread pool. A file that cannot be read (EINVAL, EPERM, EOPNOTSUPP from drivers that
-do not implement it) is left out, as node_exporter does, never read as zero.
+blocks (each PMA counter read is a MAD to the NIC), so the RDMA collector calls them off the
+event loop. A file that cannot be read (EINVAL, EPERM, EOPNOTSUPP from drivers that do not
+implement it) is left out, as node_exporter does, never read as zero. A counter file that was
+listed in its directory but is gone when opened is reported in `RawPort.vanished`, so the
+collector can count it instead of letting the series drop out unnoticed.
+
+Each device is read on its own thread under its own timeout (`DeviceThreads`): a driver whose
+sysfs read never returns (a wedged firmware command behind a PMA MAD) costs that device's
+series, not every device's.
 
 The device filter (`collectors.rdma.devices`) applies to the names in class/infiniband before
 anything under a device is opened: reading the PMA counters of Fabric-Manager-managed ConnectX-7
@@ -12,12 +18,19 @@ PFs floods dmesg, so an excluded device must cost nothing but a directory entry.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from kvscope.parsers.rdma_sysfs import RawDevice, RawPort
+from kvscope.parsers.rdma_sysfs import COUNTER_DIRS, RawDevice, RawPort
+
+T = TypeVar("T")
 
 DEVICE_FILES = ("fw_ver", "hca_type", "board_id", "node_guid", "node_type", "node_desc")
 PORT_FILES = ("state", "phys_state", "rate", "link_layer")
@@ -25,8 +38,9 @@ MAX_FILE = 4096  # sysfs attributes are at most a page
 
 
 class SysfsRdma:
-    def __init__(self, sysfs_root: Path,
-                 wanted: Callable[[str], bool] = lambda _name: True) -> None:
+    def __init__(
+        self, sysfs_root: Path, wanted: Callable[[str], bool] = lambda _name: True
+    ) -> None:
         self.root = sysfs_root
         self.class_dir = sysfs_root / "class" / "infiniband"
         self._wanted = wanted
@@ -39,20 +53,29 @@ class SysfsRdma:
             return []  # no RDMA stack on this node: no devices, not an error
         return sorted(n for n in names if self._wanted(n))
 
-    def read_devices(self) -> list[RawDevice]:
-        return [self._read_device(name) for name in self.device_names()]
-
     def read_erdma_compat_mode(self) -> str | None:
         """Alibaba's erdma module parameter compat_mode (a bool module_param, mode 0444: "Y" or
         "N"); None when the module is not loaded or has no such parameter (upstream erdma)."""
         return _read(self.root / "module" / "erdma" / "parameters" / "compat_mode")
 
-    def read_ports(self) -> list[RawPort]:
-        ports = []
-        for name in self.device_names():
-            for port in self._port_names(name):
-                ports.append(self._read_port(name, port))
-        return ports
+    def read_device(self, name: str) -> RawDevice:
+        base = self.class_dir / name
+        attrs = _read_files(base, DEVICE_FILES)
+        attrs.update(_read_files(base / "device", ("numa_node",)))
+        driver = ""
+        with contextlib.suppress(OSError):
+            driver = str((base / "device" / "driver").readlink())
+        return RawDevice(
+            device=name,
+            attrs=attrs,
+            driver_link=driver,
+            device_path=self._device_path(base),
+            netdevs=self._netdevs(base, name),
+            ports=tuple(self._port_names(name)),
+        )
+
+    def read_device_ports(self, name: str) -> list[RawPort]:
+        return [self._read_port(name, port) for port in self._port_names(name)]
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -62,17 +85,6 @@ class SysfsRdma:
         except OSError:
             return []
         return sorted((n for n in names if n.isdigit()), key=int)
-
-    def _read_device(self, name: str) -> RawDevice:
-        base = self.class_dir / name
-        attrs = _read_files(base, DEVICE_FILES)
-        attrs.update(_read_files(base / "device", ("numa_node",)))
-        driver = ""
-        with contextlib.suppress(OSError):
-            driver = str((base / "device" / "driver").readlink())
-        return RawDevice(device=name, attrs=attrs, driver_link=driver,
-                         device_path=self._device_path(base), netdevs=self._netdevs(base, name),
-                         ports=tuple(self._port_names(name)))
 
     def _device_path(self, base: Path) -> str:
         """The PCI device the RDMA device sits on, relative to the sysfs root."""
@@ -100,16 +112,27 @@ class SysfsRdma:
 
     def _read_port(self, device: str, port: str) -> RawPort:
         base = self.class_dir / device / "ports" / port
-        return RawPort(device=device, port=port, attrs=_read_files(base, PORT_FILES),
-                       counters=_read_dir(base / "counters"),
-                       counters_ext=_read_dir(base / "counters_ext"),
-                       hw_counters=_read_dir(base / "hw_counters"))
+        vanished: list[str] = []
+        groups = {group: _read_dir(base, group, vanished) for group in COUNTER_DIRS}
+        return RawPort(
+            device=device,
+            port=port,
+            attrs=_read_files(base, PORT_FILES),
+            counters=groups["counters"],
+            counters_ext=groups["counters_ext"],
+            hw_counters=groups["hw_counters"],
+            vanished=tuple(vanished),
+        )
+
+
+def _open_read(path: Path) -> str:
+    with path.open("rb") as f:
+        return f.read(MAX_FILE).decode("utf-8", "replace")
 
 
 def _read(path: Path) -> str | None:
     try:
-        with path.open("rb") as f:
-            return f.read(MAX_FILE).decode("utf-8", "replace")
+        return _open_read(path)
     except OSError:
         return None
 
@@ -123,9 +146,66 @@ def _read_files(base: Path, names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _read_dir(path: Path) -> dict[str, str]:
+def _read_dir(base: Path, group: str, vanished: list[str]) -> dict[str, str]:
+    """Every file of base/group; the names of listed files gone when opened go to `vanished`."""
     try:
-        entries = [e.name for e in os.scandir(path) if e.is_file()]
+        entries = sorted(e.name for e in os.scandir(base / group) if e.is_file())
     except OSError:
         return {}
-    return _read_files(path, tuple(sorted(entries)))
+    out = {}
+    for name in entries:
+        try:
+            out[name] = _open_read(base / group / name)
+        except FileNotFoundError:
+            vanished.append(f"{group}/{name}")
+        except OSError:
+            continue  # EINVAL, EOPNOTSUPP: the driver does not implement it
+    return out
+
+
+class DeviceThreads:
+    """Blocking reads of each device on a thread of its own, under a timeout.
+
+    A read that does not return in time keeps its (daemon) thread; until it returns, that
+    device is reported hung at once on every later call, and no second thread is started behind
+    it, so a wedged device costs one thread, not one per poll.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._running: dict[str, Future[Any]] = {}
+
+    async def run(self, device: str, fn: Callable[[str], T], limit_s: float) -> T | DeviceHung:
+        running = self._running.get(device)
+        if running is not None and not running.done():
+            return DeviceHung(device, True)
+        fut: Future[T] = Future()
+        self._running[device] = fut
+        threading.Thread(
+            target=_call_into,
+            args=(fut, fn, device),
+            name=f"kvscope-{self._name}-{device}",
+            daemon=True,
+        ).start()
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), limit_s)
+        except TimeoutError:
+            return DeviceHung(device, False)
+
+
+@dataclass(frozen=True)
+class DeviceHung:
+    """A device whose read did not return within the timeout (`still`: an earlier read of it
+    is still running, so this poll did not start one)."""
+
+    device: str
+    still: bool
+
+
+def _call_into(fut: Future[T], fn: Callable[[str], T], device: str) -> None:
+    if not fut.set_running_or_notify_cancel():
+        return
+    try:
+        fut.set_result(fn(device))
+    except BaseException as exc:  # handed to the awaiting coroutine
+        fut.set_exception(exc)

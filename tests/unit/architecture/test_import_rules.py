@@ -52,12 +52,13 @@ def sources() -> list[Path]:
 
 
 def collector_unit(module: str) -> str | None:
-    """The collector a module belongs to (`gpu`, `engines` for collectors.engines.*), or None
-    for helpers and modules outside collectors/."""
+    """The collector a module belongs to (`gpu`; `engines` for collectors.engines.*; `rdma` for
+    a collector's own helper module such as collectors.rdma_schema), or None for the shared
+    helpers and modules outside collectors/."""
     parts = module.split(".")
     if parts[:2] != ["kvscope", "collectors"] or len(parts) < 3:
         return None
-    return None if parts[2] in COLLECTOR_HELPERS else parts[2]
+    return None if parts[2] in COLLECTOR_HELPERS else parts[2].split("_")[0]
 
 
 def within(module: str, prefix: str) -> bool:
@@ -100,6 +101,7 @@ def test_the_checker_sees_a_broken_rule(tmp_path: Path, monkeypatch: pytest.Monk
         "collectors/gpu.py": "def f():\n    from kvscope.collectors.nvlink import gpu_labels\n",
         "collectors/engines/__init__.py": "from . import discovery\n",
         "collectors/engines/discovery.py": "from kvscope.web import server\n",
+        "collectors/rdma.py": "from kvscope.collectors.rdma_schema import EADM_NAMES\n",
         "app.py": "import kvscope.sim.scenarios\n",
         "parsers/pci.py": "from kvscope.sources import nvml\n",
     }.items():

@@ -14,8 +14,9 @@ import pytest
 
 from conftest import context_of
 from kvscope.app import build_runtime
+from kvscope.collectors.rdma_schema import EADM_NAMES
 from kvscope.config import ConfigError, load
-from kvscope.parsers.eadm import STABLE_NAMES, parse_stat
+from kvscope.parsers.eadm import parse_stat
 from kvscope.parsers.rdma_sysfs import Rate, RawPort, parse_module_bool, parse_port, parse_rate
 from kvscope.render.exposition import render_text
 from rdma_helpers import (
@@ -220,9 +221,9 @@ async def test_excluded_devices_are_not_opened_through_pyverbs_either() -> None:
 # ---- 6. eadm: erdma-exporter's names, headers are not parse errors ---------------------------
 
 def test_eadm_names_have_no_doubled_prefix() -> None:
-    assert STABLE_NAMES["erdma_aeq_event_cnt"] == "kvscope_erdma_aeq_event_total"
-    assert STABLE_NAMES["erdma_aeq_notify_cnt"] == "kvscope_erdma_aeq_notify_total"
-    assert not [n for n in STABLE_NAMES.values() if n.startswith("kvscope_erdma_erdma_")]
+    assert EADM_NAMES["erdma_aeq_event_cnt"] == "kvscope_erdma_aeq_event_total"
+    assert EADM_NAMES["erdma_aeq_notify_cnt"] == "kvscope_erdma_aeq_notify_total"
+    assert not [n for n in EADM_NAMES.values() if n.startswith("kvscope_erdma_erdma_")]
 
 
 def test_device_header_line_is_not_a_parse_error(tmp_path: Path) -> None:

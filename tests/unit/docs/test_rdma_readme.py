@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kvscope.parsers.eadm import STABLE_NAMES
+from kvscope.collectors.rdma import _command_error
+from kvscope.collectors.rdma_schema import EADM_NAMES, ERROR_REASONS, READ_ERROR_REASONS
 from kvscope.parsers.rdma_sysfs import HW_TRAFFIC
+from kvscope.sources.command import CommandResult, Outcome
 from rdma_helpers import FIXTURES, Clock, cli, eadm_printing, node_for, samples, scrape
 
 REPO = Path(__file__).resolve().parents[3]
@@ -42,7 +44,7 @@ def test_every_documented_family_is_produced_by_the_code() -> None:
     source = "".join(p.read_text() for p in
                      (REPO / "exporters/kvscope/collectors").glob("*.py"))
     for name in documented():
-        assert name in source or name in STABLE_NAMES.values() or \
+        assert name in source or name in EADM_NAMES.values() or \
             name.startswith("kvscope_rdma_device_max_"), name
 
 
@@ -56,3 +58,16 @@ def test_hw_traffic_table_matches_the_code() -> None:
                              for cell in row.strip("|").split("|")[1:]) for row in rows]
     code_rows = [(r.tx_bytes, r.rx_bytes, r.tx_packets, r.rx_packets) for r in HW_TRAFFIC]
     assert documented_rows == code_rows
+
+
+def test_every_rdma_reason_is_in_the_readme() -> None:
+    text = README.read_text()
+    section = text[text.index("## RDMA: InfiniBand"):text.index("## Inference engines")]
+    for reason in (*ERROR_REASONS, *READ_ERROR_REASONS):
+        assert f'"{reason}"' in section or f"`{reason}`" in section, reason
+
+
+def test_every_helper_program_outcome_has_a_listed_reason() -> None:
+    made = {_command_error(source, CommandResult(("x",), outcome, 1), 1.0).reason
+            for source in ("eadm", "rdma_tool") for outcome in Outcome}
+    assert made - set(ERROR_REASONS) == {"rdma_tool_failed"}  # a failing rdma tool is no data

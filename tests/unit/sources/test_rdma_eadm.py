@@ -7,7 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from kvscope.parsers.eadm import OOT_COUNTERS, STABLE_NAMES, parse_stat, parse_version
+from kvscope.collectors.rdma_schema import EADM_NAMES
+from kvscope.parsers.eadm import OOT_COUNTERS, parse_stat, parse_version
 from rdma_helpers import FIXTURES, cli, collector_up, eadm_printing, fake_tool, samples, value
 
 ALIBABA = str(FIXTURES / "erdma-alibaba")
@@ -20,12 +21,12 @@ def collect(*extra: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def test_stable_names_cover_the_55_driver_counters() -> None:
-    assert len(OOT_COUNTERS) == 55 == len(set(STABLE_NAMES.values()))
-    assert STABLE_NAMES["verbs_create_qp_failed_cnt"] == \
+    assert len(OOT_COUNTERS) == 55 == len(set(EADM_NAMES.values()))
+    assert EADM_NAMES["verbs_create_qp_failed_cnt"] == \
         "kvscope_erdma_verbs_create_qp_failed_total"
-    assert STABLE_NAMES["hw_bps_limit_drop_cnt"] == "kvscope_erdma_hw_bps_limit_drop_total"
-    assert STABLE_NAMES["accept_total_cnt"] == "kvscope_erdma_accept_total"
-    assert STABLE_NAMES["cmdq_comp_cnt"] == "kvscope_erdma_cmdq_completed_total"
+    assert EADM_NAMES["hw_bps_limit_drop_cnt"] == "kvscope_erdma_hw_bps_limit_drop_total"
+    assert EADM_NAMES["accept_total_cnt"] == "kvscope_erdma_accept_total"
+    assert EADM_NAMES["cmdq_comp_cnt"] == "kvscope_erdma_cmdq_completed_total"
 
 
 def test_eadm_stat_counters_and_version(tmp_path: Path) -> None:
