@@ -272,6 +272,9 @@ class EnginesConfig(CollectorConfig):
     target_timeout: Seconds = 2.5
     # Larger bodies (after gunzip) are refused while they are read: reason too_large.
     max_response_bytes: PositiveInt = 4 * 1024 * 1024
+    # Normalized series one target may export (histogram buckets count); past it new series
+    # are dropped and counted, so a target whose labels churn cannot grow the agent.
+    max_series_per_target: PositiveInt = 10_000
     annotations: EngineAnnotations = EngineAnnotations()
 
     @model_validator(mode="after")

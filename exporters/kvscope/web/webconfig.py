@@ -29,7 +29,7 @@ from typing import Literal
 import bcrypt
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from kvscope.config import ConfigError, describe, read_file
+from kvscope.config import ConfigError, clip, describe, read_file
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ def load_web_config(path: Path) -> WebConfig:
         raise ConfigError(f"web config {path}: {describe(exc, WebConfig)}") from None
     for user, hashed in cfg.basic_auth_users.items():
         if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ConfigError(f"web config {path}: basic_auth_users.{user} is not a bcrypt hash")
+            raise ConfigError(f"web config {path}: basic_auth_users.{clip(user)} is not a "
+                              "bcrypt hash")
     if cfg.tls_server_config is not None:
         # Relative paths are relative to the web config file, as in exporter-toolkit.
         cfg = cfg.model_copy(update={"tls_server_config": _relative_to(
