@@ -72,7 +72,7 @@ async def test_driver_reload_backs_off_logs_once_and_series_come_back(
 
 
 async def test_gpu_up_is_0_while_every_read_of_the_gpu_fails() -> None:
-    ctx = sim_context("healthy", failing_calls={c: NVML_ERROR_UNKNOWN for c in FAST_CALLS})
+    ctx = sim_context("healthy", failing_calls=dict.fromkeys(FAST_CALLS, NVML_ERROR_UNKNOWN))
     runtime = build_runtime(ctx)
     await runtime.poll_all_once()
     assert gpu_up(runtime) == [0.0] * 8
