@@ -313,10 +313,16 @@ class WebSettings(Strict):
         False, description="answer a scrape that asks for OpenMetrics with OpenMetrics; by "
                            "default every scrape gets the Prometheus text format, as from "
                            "dcgm-exporter and node_exporter")
+    probe_listen_address: str | None = Field(
+        None, description="[host]:port of a plain-HTTP listener serving only /healthz and "
+                          "/readyz, without basic auth or client certificates, for the "
+                          "kubelet's probes; off (null) by default")
 
-    @field_validator("listen_address")
+    @field_validator("listen_address", "probe_listen_address")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         _, sep, port = value.rpartition(":")
         if not sep or parse_port(port) is None:
             raise ValueError(f"must be [host]:port, e.g. ':9447' or '127.0.0.1:9447', the port "
