@@ -5,6 +5,7 @@ libraries, not services), and receives the services' addresses as config overrid
 production serve path runs unchanged and its CPU and memory are the agent's alone.
 
 Run: python3 bench/sim_agent.py SHAPE_JSON OVERRIDES_JSON LISTEN [--no-collector.NAME ...]
+     [--faults=SECONDS]  (bench/soak.py: toggle the agent-side faults of soak_faults.py)
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def main() -> None:
     external: dict[str, Any] = json.loads(sys.argv[2])
     overrides: dict[str, Any] = {"web.listen_address": sys.argv[3], "log_level": "error",
                                  "scenario": shape.scenario, "node_name": shape.hostname}
+    fault_period = 0.0
     for flag in sys.argv[4:]:
+        if flag.startswith("--faults="):  # bench/soak.py: toggle faults every N seconds
+            fault_period = float(flag.removeprefix("--faults="))
+            continue
         name = flag.removeprefix("--no-collector.")
         overrides[f"collectors.{name}.enabled"] = False
 
@@ -45,11 +50,15 @@ def main() -> None:
     services.start_all = already_running  # type: ignore[assignment]
     logging.basicConfig(level=logging.ERROR)
     config = load(None, overrides)
+    node = build_node(shape)
+    if fault_period > 0:
+        from soak_faults import AGENT_FAULTS, toggle_forever
+
+        toggle_forever(node, AGENT_FAULTS, fault_period)
 
     async def serve() -> None:
         async with AsyncExitStack() as stack:
-            backends, final = await build_backends(config, stack, fault_delay=30.0,
-                                                   node=build_node(shape))
+            backends, final = await build_backends(config, stack, fault_delay=30.0, node=node)
             await app.serve(NodeContext(final, backends))
 
     asyncio.run(serve())

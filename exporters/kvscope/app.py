@@ -11,13 +11,12 @@ import logging
 import signal
 import time
 
-from aiohttp import web
-
 from kvscope.collectors.registry import build as build_collectors
 from kvscope.config import ConfigError
 from kvscope.context import NodeContext
 from kvscope.runtime import Runtime
-from kvscope.web.server import build_app
+from kvscope.web.listener import Limits, listen
+from kvscope.web.server import build_app, build_probe_app
 from kvscope.web.status_page import DoctorCache, NodeFacts
 from kvscope.web.webconfig import load_web_config, ssl_context
 
@@ -56,15 +55,16 @@ async def serve(ctx: NodeContext) -> None:
     # A scrape is answered in milliseconds: no reason to wait aiohttp's default 60 s for one.
     app = build_app(runtime, web_config, node_facts(ctx), DoctorCache(ctx),
                     enable_openmetrics=config.web.enable_openmetrics)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
+    listeners = [await listen(app, config.web.listen_address, ssl_context=tls)]
+    if config.web.probe_listen_address is not None:
+        try:
+            listeners.append(await listen(build_probe_app(runtime),
+                                          config.web.probe_listen_address, name="probes",
+                                          limits=Limits(max_connections=16)))
+        except ConfigError:
+            await listeners[0].close()
+            raise
     host, port = config.web.host_port()
-    site = web.TCPSite(runner, host, port, ssl_context=tls)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {config.web.listen_address}: {exc.strerror}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,6 +72,9 @@ async def serve(ctx: NodeContext) -> None:
     scheme = "https" if tls else "http"
     log.info("listening on %s://%s:%d/metrics (collectors: %s)", scheme, host, port,
              ", ".join(c.name for c in runtime.collectors))
+    if config.web.probe_listen_address is not None:
+        log.info("probes (/healthz, /readyz, no auth) on http://%s/",
+                 config.web.probe_listen_address)
     await runtime.start()
     # Everything built so far (modules, config, identity, sim models) lives for the whole run:
     # moving it out of the collector's generations keeps full collections, and so the pauses a
@@ -83,5 +86,6 @@ async def serve(ctx: NodeContext) -> None:
         log.info("shutting down")
         await runtime.stop()
         started = time.monotonic()
-        await runner.cleanup()
+        for listener in listeners:
+            await listener.close()
         log.debug("HTTP server closed in %.2fs", time.monotonic() - started)

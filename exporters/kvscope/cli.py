@@ -34,6 +34,9 @@ def _common_options(fn: F) -> F:
                      help="Address to listen on, [host]:port (default :9447)."),
         click.option("--web.config.file", "web_config_file", type=click.Path(path_type=Path),
                      help="exporter-toolkit web config: TLS and basic auth."),
+        click.option("--web.probe-listen-address", "probe_listen_address",
+                     help="Plain-HTTP [host]:port serving only /healthz and /readyz, without "
+                          "auth, for Kubernetes probes (default: off)."),
         click.option("--web.enable-openmetrics", "enable_openmetrics", is_flag=True,
                      default=None, help="Serve OpenMetrics to scrapers that ask for it "
                      "(default: always the Prometheus text format, as dcgm-exporter)."),
@@ -63,7 +66,8 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     mapping = {"listen_address": "web.listen_address", "web_config_file": "web.config_file",
                "sysfs": "paths.sysfs", "procfs": "paths.procfs", "scenario": "scenario",
                "log_level": "log_level", "rdma_eadm_path": "collectors.rdma.eadm_path",
-               "enable_openmetrics": "web.enable_openmetrics", "dcgm_compat": "dcgm.compat"}
+               "enable_openmetrics": "web.enable_openmetrics", "dcgm_compat": "dcgm.compat",
+               "probe_listen_address": "web.probe_listen_address"}
     out = {dotted: kwargs[key] for key, dotted in mapping.items() if kwargs.get(key) is not None}
     for name in CONFIGURABLE:
         value = kwargs.get(f"collector_{name}")

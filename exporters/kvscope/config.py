@@ -272,6 +272,9 @@ class EnginesConfig(CollectorConfig):
     target_timeout: Seconds = 2.5
     # Larger bodies (after gunzip) are refused while they are read: reason too_large.
     max_response_bytes: PositiveInt = 4 * 1024 * 1024
+    # Normalized series one target may export (histogram buckets count); past it new series
+    # are dropped and counted, so a target whose labels churn cannot grow the agent.
+    max_series_per_target: PositiveInt = 10_000
     annotations: EngineAnnotations = EngineAnnotations()
 
     @model_validator(mode="after")
@@ -310,10 +313,16 @@ class WebSettings(Strict):
         False, description="answer a scrape that asks for OpenMetrics with OpenMetrics; by "
                            "default every scrape gets the Prometheus text format, as from "
                            "dcgm-exporter and node_exporter")
+    probe_listen_address: str | None = Field(
+        None, description="[host]:port of a plain-HTTP listener serving only /healthz and "
+                          "/readyz, without basic auth or client certificates, for the "
+                          "kubelet's probes; off (null) by default")
 
-    @field_validator("listen_address")
+    @field_validator("listen_address", "probe_listen_address")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         _, sep, port = value.rpartition(":")
         if not sep or parse_port(port) is None:
             raise ValueError(f"must be [host]:port, e.g. ':9447' or '127.0.0.1:9447', the port "

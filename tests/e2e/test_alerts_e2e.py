@@ -273,7 +273,7 @@ async def test_every_incident_pages_through_alertmanager(
             if incident.dead_target:
                 instances[incident.name].append(f"127.0.0.1:{listen_port()}")
         agents = [a for i in INCIDENTS if not i.dead_target for a in instances[i.name]]
-        await asyncio.gather(*(asyncio.to_thread(wait_http, f"http://{a}/metrics", 60)
+        await asyncio.gather(*(asyncio.to_thread(wait_http, f"http://{a}/metrics", 120)
                                for a in agents))
         listening = time.monotonic()
         (tmp_path / "prometheus.yml").write_text(

@@ -10,6 +10,8 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import trustme
 import yaml
 
 from agent import Agent, free_port
-from helm_chart import SCENARIOS, agent_container, by_kind, render
+from helm_chart import SCENARIOS, agent_container, by_kind, render, template_text
 from kvscope.cli import _overrides, main
 from kvscope.config import Config, load
 from kvscope.web.webconfig import load_web_config
@@ -48,11 +50,14 @@ class Rendered:
             self.web_file = tmp / "web.yml"
             self.web_file.write_text(text)
 
-    def args(self) -> list[str]:
-        """The container's args with the mounted files' paths replaced."""
+    def args(self, probe_address: str | None = None) -> list[str]:
+        """The container's args with the mounted files' paths replaced (and the probe
+        listener moved to `probe_address`, a free loopback port)."""
         out = []
         for arg in self.container["args"]:
-            if arg.startswith("--config="):
+            if arg.startswith("--web.probe-listen-address=") and probe_address is not None:
+                out.append(f"--web.probe-listen-address={probe_address}")
+            elif arg.startswith("--config="):
                 out.append(f"--config={self.config_file}")
             elif arg.startswith("--web.config.file="):
                 assert self.web_file is not None, "--web.config.file without a web config Secret"
@@ -147,43 +152,70 @@ def _client_context(certs: dict[str, Path]) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(certs["ca.crt"]))
 
 
-def _probe_kinds(container: dict[str, Any]) -> set[str]:
-    kinds = set()
+def _probe_gets(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each probe's httpGet, with its named port resolved to the container port."""
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    gets = {}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        kinds |= set(container[probe]) & {"httpGet", "tcpSocket", "exec"}
-    return kinds
+        assert set(container[probe]) & {"httpGet", "tcpSocket", "exec"} == {"httpGet"}
+        get = dict(container[probe]["httpGet"])
+        get["port"] = ports[get["port"]]
+        gets[probe] = get
+    return gets
 
 
-def test_default_agent_serves_what_the_probes_ask(tmp_path: Path,
-                                                  certs: dict[str, Path]) -> None:
-    rendered = Rendered("default-values.yaml", tmp_path, certs)
-    probes = rendered.container
-    assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert probes["startupProbe"]["httpGet"]["path"] == "/healthz"
-    with Agent(*rendered.args(), "--scenario", "healthy") as agent:
-        agent.wait_ready()
-        assert agent.get("/healthz")[0] == 200
-        assert agent.get("/readyz")[0] == 200
+def _probe_listener_port(rendered: Rendered) -> int:
+    (arg,) = [a for a in rendered.container["args"]
+              if a.startswith("--web.probe-listen-address=")]
+    return int(arg.rpartition(":")[2])
 
 
-def test_tls_and_basic_auth_agent_matches_its_probes(tmp_path: Path,
-                                                     certs: dict[str, Path]) -> None:
-    rendered = Rendered("tls-auth-values.yaml", tmp_path, certs)
-    auth = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
-    with Agent(*rendered.args(), "--scenario", "healthy", scheme="https",
-               ssl_context=_client_context(certs)) as agent:
-        _wait_ready(agent, {"Authorization": auth})
-        status, body, _ = agent.get("/metrics", {"Authorization": auth})
-        assert status == 200
-        assert b"DCGM_FI_DEV_GPU_TEMP" in body
-        unauthenticated = agent.get("/healthz")[0]
-    # The kubelet presents no credentials: while the agent asks for them on /healthz, the probes
-    # must be TCP checks; once it stops asking (issue 15), HTTP probes become possible again.
-    if unauthenticated == 401:
-        assert _probe_kinds(rendered.container) == {"tcpSocket"}
-    else:
-        assert unauthenticated == 200
+def _kubelet_probe(port: int, get: dict[str, Any]) -> int:
+    """What the kubelet does: GET the path, scheme as given, no credentials, no certificate."""
+    assert get["scheme"] == "HTTP"
+    url = f"http://127.0.0.1:{port}{get['path']}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or time.monotonic() > deadline:
+                return int(err.code)
+        except urllib.error.URLError:
+            assert time.monotonic() < deadline, f"nothing answers {url}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("scenario", ["default-values.yaml", "tls-auth-values.yaml"])
+def test_the_probes_reach_an_endpoint_that_needs_no_credentials(
+        scenario: str, tmp_path: Path, certs: dict[str, Path]) -> None:
+    rendered = Rendered(scenario, tmp_path, certs)
+    gets = _probe_gets(rendered.container)
+    assert gets["startupProbe"]["path"] == gets["livenessProbe"]["path"] == "/healthz"
+    assert gets["readinessProbe"]["path"] == "/readyz"
+    # The probes target the probe listener, not the (maybe authenticated) metrics port.
+    assert {g["port"] for g in gets.values()} == {_probe_listener_port(rendered)}
+    assert _probe_listener_port(rendered) != 9447
+    probe_port = free_port()
+    tls = rendered.web_file is not None
+    with Agent(*rendered.args(f"127.0.0.1:{probe_port}"), "--scenario", "healthy",
+               scheme="https" if tls else "http",
+               ssl_context=_client_context(certs) if tls else None) as agent:
+        for get in gets.values():
+            assert _kubelet_probe(probe_port, get) == 200
+        if tls:
+            # The metrics port still asks for credentials, /healthz included.
+            assert agent.get("/healthz")[0] == 401
+            auth = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+            status, body, _ = agent.get("/metrics", {"Authorization": auth})
+            assert status == 200 and b"DCGM_FI_DEV_GPU_TEMP" in body
+
+
+def test_a_probe_port_equal_to_the_metrics_port_is_refused() -> None:
+    result = template_text(sets=["web.probePort=9447"], check=False)
+    assert result.returncode != 0
+    assert "web.probePort must differ from web.port" in result.stderr
 
 
 def _test_pod_script(scenario: str) -> tuple[str, dict[str, Any]]:

@@ -25,14 +25,13 @@ from kvscope.collectors.dcgm_compat import FIELDS, Compat
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus")
+
+
 # DCGM counters the healthy simulated node serves (NVLink included: the demo runs every
 # collector). ECC counters too: the simulated H100s answer them.
 def served_counters(compat: Compat) -> set[str]:
     return {f.naming(compat).name for f in FIELDS
             if f.naming(compat).kind == "counter" and f.key != "nvlink_bandwidth"}
-
-
-SERVED_COUNTERS = served_counters("4.8")
 
 
 def _get(url: str) -> dict:  # type: ignore[type-arg]
@@ -68,7 +67,7 @@ def _scrape_with_prometheus(agent: Agent, counters: set[str]) -> tuple[dict[str,
                     continue
                 types = {name: rows[0]["type"] for name, rows in meta.items()}
                 names = {r["metric"]["__name__"] for r in result}
-                if set(types) >= SERVED_COUNTERS and names >= SERVED_COUNTERS:
+                if set(types) >= counters and names >= counters:
                     break
                 time.sleep(0.5)
             return types, names

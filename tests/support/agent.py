@@ -47,13 +47,18 @@ class Agent:
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Agent:
+        self.start()
+        self.wait_listening()
+        return self
+
+    def start(self) -> Agent:
+        """Launch the process without waiting for it: start several, then wait for each."""
         # stderr goes to a file, not a pipe: an agent that logs a lot must never block on a
         # full pipe that nobody reads while the test is busy scraping it.
-        self._log = tempfile.TemporaryFile(mode="w+")
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by __exit__)
         self.proc = subprocess.Popen([sys.executable, "-m", "kvscope.cli", *self.args],
                                      stdout=subprocess.DEVNULL, stderr=self._log, text=True,
                                      env=_env(), cwd=REPO)
-        self.wait_listening()
         return self
 
     def wait_listening(self, timeout: float = 20) -> None:

@@ -33,15 +33,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvscope.analysis.pd_roles import DECODE, OTHER, PREFILL, UNKNOWN, label_role
 from kvscope.analysis.topology_model import NodeTopology, P2PKind, P2PLink
 from kvscope.config import PdSettings
+from kvscope.parsers.kube import Container, Pod, parse_pod
 from kvscope.sources.nvml import GpuIdentity
 from kvscope.sources.pod_resources import ContainerDevices
 
-ROLE_PREFILL = "prefill"
-ROLE_DECODE = "decode"
-ROLE_OTHER = "other"
-ROLE_UNKNOWN = "unknown"  # no pod metadata (Kubernetes API off or unreachable)
+ROLE_PREFILL = PREFILL
+ROLE_DECODE = DECODE
+ROLE_OTHER = OTHER
+ROLE_UNKNOWN = UNKNOWN  # no pod metadata (Kubernetes API off or unreachable)
 
 REASON_OK = "ok"
 REASON_NOT_VISIBLE = "peer_gpus_not_visible"
@@ -52,19 +54,9 @@ _NVIDIA_N = re.compile(r"^nvidia(\d+)$")
 ContainerKey = tuple[str, str, str]  # namespace, pod, container
 
 
-@dataclass(frozen=True)
-class ContainerMeta:
-    privileged: bool
-    env: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class PodMeta:
-    name: str
-    namespace: str
-    labels: Mapping[str, str]
-    host_ipc: bool
-    containers: Mapping[str, ContainerMeta]
+# The pod facts this analysis reads come from the one Kubernetes JSON reader.
+ContainerMeta = Container
+PodMeta = Pod
 
 
 @dataclass(frozen=True)
@@ -108,47 +100,15 @@ class PdPair:
 # ---- pod metadata from the Kubernetes API ---------------------------------------------------
 
 
-def _str_map(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items() if isinstance(v, str | int | float | bool)}
-
-
 def pod_meta(obj: Mapping[str, Any]) -> PodMeta | None:
     """The fields of a Pod object this analysis needs; None for an object without a name."""
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-    assert isinstance(meta, dict) and isinstance(spec, dict)
-    name, namespace = meta.get("name"), meta.get("namespace", "default")
-    if not isinstance(name, str) or not isinstance(namespace, str):
-        return None
-    containers: dict[str, ContainerMeta] = {}
-    for c in spec.get("containers") or []:
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
-            continue
-        env = {}
-        for item in c.get("env") or []:
-            # valueFrom (secrets, field refs) cannot be resolved here; only literal values count.
-            if isinstance(item, dict) and isinstance(item.get("value"), str):
-                env[str(item.get("name"))] = item["value"]
-        security = c.get("securityContext") if isinstance(c.get("securityContext"), dict) else {}
-        privileged = bool(security.get("privileged")) if isinstance(security, dict) else False
-        containers[c["name"]] = ContainerMeta(privileged, env)
-    return PodMeta(name, namespace, _str_map(meta.get("labels")), bool(spec.get("hostIPC")),
-                   containers)
+    return parse_pod(obj)
 
 
 def role_and_group(labels: Mapping[str, str], pd: PdSettings) -> tuple[str, str]:
-    """PD role (prefill, decode, other) and PD group from the first matching configured label."""
-    role = ROLE_OTHER
-    for key in pd.role_labels:
-        if key in labels:
-            value = labels[key].strip().lower()
-            if value in pd.prefill_values:
-                role = ROLE_PREFILL
-            elif value in pd.decode_values:
-                role = ROLE_DECODE
-            break
+    """PD role (prefill, decode, both; other without a role label: analysis/pd_roles.py) and
+    PD group from the first matching configured label."""
+    role = label_role(labels, pd) or ROLE_OTHER
     group = next((labels[k] for k in pd.group_labels if labels.get(k)), "")
     return role, group
 
@@ -257,7 +217,7 @@ def gpu_containers(allocation: Mapping[ContainerKey, tuple[int, ...]],
                                     indices))
             continue
         role, group = role_and_group(meta.labels, pd)
-        cmeta = meta.containers.get(container, ContainerMeta(False, {}))
+        cmeta = meta.containers.get(container, ContainerMeta())
         out.append(GpuContainer(
             namespace, pod, container, indices, role, group,
             visible_gpus(indices, gpus, privileged=cmeta.privileged, env=cmeta.env),

@@ -33,12 +33,12 @@ from kvscope.analysis.pd_paths import (
     gpu_containers,
     gpu_pod_labels,
     pd_pairs,
-    pod_meta,
 )
 from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.collectors.labels import gpu_labels, mig_device_pods
 from kvscope.context import NodeContext
 from kvscope.parsers.hypernodes import parse_hypernodes, switch_chain
+from kvscope.parsers.kube import node_labels
 from kvscope.render.families import Family, gauge, info, non_empty
 from kvscope.sources.kube import KubeClient, KubeError
 from kvscope.sources.nvml import NvmlError, NvmlUnavailable
@@ -206,9 +206,7 @@ class TopologyCollector(Collector):
         except KubeError as exc:
             log.warning("topology: cannot read node %s: %s", self._ctx.config.node_name, exc)
             return []
-        meta = node.get("metadata") if isinstance(node.get("metadata"), dict) else {}
-        labels = meta.get("labels") if isinstance(meta, dict) else None
-        labels = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+        labels = node_labels(node)
         family = info("kvscope_node_network_info",
                       "Where the node sits in the network: switch and switch_type from node "
                       "labels (collectors.topology.switch_label / switch_type_label), and "
@@ -247,12 +245,7 @@ class TopologyCollector(Collector):
             pods = await kube.node_pods()
         except KubeError as exc:
             raise CollectorError(f"kube_{exc.reason}", f"pod metadata: {exc}") from None
-        metas = {}
-        for obj in pods:
-            meta = pod_meta(obj)
-            if meta is not None:
-                metas[(meta.namespace, meta.name)] = meta
-        return metas
+        return {(pod.namespace, pod.name): pod for pod in pods}
 
     # ---- slow: pods ----------------------------------------------------------------------
 
@@ -322,7 +315,7 @@ class TopologyCollector(Collector):
     def _pod_families(self) -> list[Metric]:
         pods = info("kvscope_pod_gpu_info",
                     "GPU held by a pod's container (kubelet pod-resources), with the pod's PD "
-                    "role (prefill, decode, other; unknown without the API) and PD group.")
+                    "role (prefill, decode, both, other; unknown without the API) and PD group.")
         visibility = info("kvscope_pod_gpu_visibility_info",
                           "What a GPU container can see: privileged, host_ipc, "
                           "NVIDIA_VISIBLE_DEVICES (unset, all, none, list), explicit "

@@ -76,8 +76,10 @@ def _collector_health(snap: Snapshot, section: Section) -> None:
         errors = "; ".join(str(e) for e in health["errors"])
         section.findings.append(Finding(
             Severity.WARNING, f"RDMA collector partly down: {errors}",
-            "check that eadm and rdma answer on this node (run them by hand); a hung eadm "
-            "usually means the erdma driver is wedged"))
+            "check that eadm and rdma answer on this node (run them by hand), and for "
+            "sysfs_timeout that reading the named device's files under "
+            "/sys/class/infiniband/<device>/ports returns; a hung eadm or sysfs read usually "
+            "means the driver or the NIC's firmware is wedged"))
 
 
 def _device_lines(snap: Snapshot, devices: dict[str, Labels],

@@ -1,10 +1,11 @@
-"""Engine exposition into kvscope's normalized engine schema: the mapping table and its reader.
+"""Engine exposition into normalized engine facts: the mapping table and its reader.
 
 Every engine names the same facts differently and renames them between releases. The table
-below (`RULES`) says, per normalized family and engine, which source samples feed it, in order
-of preference (newest name first), with unit scales and label handling. `normalize()` applies it
-to one parsed payload and returns typed records; the collector adds target labels and turns them
-into families. Facts an engine does not expose produce no record, never a zero.
+below (`RULES`) says, per normalized fact (`Fact`) and engine, which source samples feed it, in
+order of preference (newest name first), with unit scales and label handling. `normalize()`
+applies it to one parsed payload and returns typed records; the collector adds target labels and
+turns them into families under the names of its schema (collectors/engines/schema.py): nothing
+here names an exported metric. Facts an engine does not expose produce no record, never a zero.
 
 Aggregation inside one target, decided once for every rule:
 - duplicate labels (`tp_rank`, `pp_rank`, `moe_ep_rank` of SGLang's schedulers, LMCache's
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from kvscope.parsers.exposition import Exposition, Sample, le_bound
@@ -68,119 +70,76 @@ PRIORITY_TOTALS = frozenset(f"sglang:{n}" for n in (
     "num_decode_host_receive_queue_reqs"))
 
 
-@dataclass(frozen=True)
-class FamilySpec:
-    name: str
-    kind: Kind
-    help: str
-    labels: tuple[str, ...] = ()  # output labels beyond the target's
+class Fact(StrEnum):
+    """A normalized engine fact: what a record measures, in base units (seconds, bytes, tokens,
+    requests, 0-1 ratios). The collector's schema names the exported family of each."""
+
+    KV_CACHE_USAGE = "kv_cache_usage"
+    PREFIX_CACHE_QUERY_TOKENS = "prefix_cache_query_tokens"
+    PREFIX_CACHE_HIT_TOKENS = "prefix_cache_hit_tokens"
+    PREFIX_CACHE_HIT_RATE = "prefix_cache_hit_rate"
+    REQUESTS_RUNNING = "requests_running"
+    REQUESTS_WAITING = "requests_waiting"
+    PD_QUEUE_REQUESTS = "pd_queue_requests"
+    TIME_TO_FIRST_TOKEN = "time_to_first_token"
+    INTER_TOKEN_LATENCY = "inter_token_latency"
+    E2E_REQUEST_LATENCY = "e2e_request_latency"
+    KV_TRANSFER_BYTES = "kv_transfer_bytes"
+    KV_TRANSFER_TIME = "kv_transfer_time"
+    KV_TRANSFER_FAILURES = "kv_transfer_failures"
+    KV_TRANSFER_LAST_LATENCY = "kv_transfer_last_latency"
+    KV_TRANSFER_LAST_SPEED = "kv_transfer_last_speed"
+    KV_TRANSFER_SPEED = "kv_transfer_speed"
+    PROMPT_TOKENS = "prompt_tokens"
+    GENERATION_TOKENS = "generation_tokens"
+    REQUESTS_FINISHED = "requests_finished"
+    PREEMPTIONS = "preemptions"
+    KV_STORE_LOOKUPS = "kv_store_lookups"
+    KV_STORE_HITS = "kv_store_hits"
+    KV_STORE_USED = "kv_store_used"
+    KV_STORE_CAPACITY = "kv_store_capacity"
+    EXTERNAL_PREFIX_CACHE_QUERY_TOKENS = "external_prefix_cache_query_tokens"
+    EXTERNAL_PREFIX_CACHE_HIT_TOKENS = "external_prefix_cache_hit_tokens"
+    KV_STORE_IO_BYTES = "kv_store_io_bytes"
+    KV_STORE_IO_TIME = "kv_store_io_time"
+    KV_CACHE_CAPACITY_TOKENS = "kv_cache_capacity_tokens"
+    BATCH_RESERVED_TOKENS = "batch_reserved_tokens"
 
 
-FAMILIES: Mapping[str, FamilySpec] = {f.name: f for f in (
-    FamilySpec("kvscope_engine_kv_cache_usage_ratio", "gauge",
-               "KV-cache slots in use, 0-1. vLLM kv_cache_usage_perc (gpu_cache_usage_perc up to "
-               "0.11), SGLang token_usage (max over TP ranks), LMDeploy gpu_cache_usage_perc, "
-               "Dynamo kvstats_gpu_cache_usage_percent."),
-    FamilySpec("kvscope_engine_prefix_cache_query_tokens_total", "counter",
-               "Prompt tokens looked up in the prefix cache. vLLM prefix_cache_queries (0.8: "
-               "blocks x block_size), SGLang prompt_tokens, LMDeploy request_prompt_tokens_sum, "
-               "LMCache num_requested_tokens. Only with its hit counterpart."),
-    FamilySpec("kvscope_engine_prefix_cache_hit_tokens_total", "counter",
-               "Prompt tokens found in the prefix cache. vLLM prefix_cache_hits, SGLang "
-               "cached_tokens (all cache_source tiers), LMDeploy cached_tokens, LMCache "
-               "num_hit_tokens."),
-    FamilySpec("kvscope_engine_prefix_cache_hit_ratio", "gauge",
-               "The engine's own hit-rate gauge, only for engines without hit/query counters; "
-               "`window` says what it covers (SGLang last_batch, LMDeploy lifetime, LMCache "
-               "since_last_log, vLLM V0 recent).", ("window",)),
-    FamilySpec("kvscope_engine_requests_running", "gauge",
-               "Requests in the running batch. vLLM/LMDeploy num_requests_running, SGLang "
-               "num_running_reqs (max over TP ranks), TGI batch_current_size, Dynamo "
-               "inflight_requests."),
-    FamilySpec("kvscope_engine_requests_waiting", "gauge",
-               "Requests queued for scheduling. vLLM/LMDeploy num_requests_waiting, SGLang "
-               "num_queue_reqs, TGI queue_size, Dynamo queued_requests."),
-    FamilySpec("kvscope_engine_pd_queue_requests", "gauge",
-               "Requests in a PD-disaggregation queue by stage: SGLang bootstrap/inflight "
-               "(prefill), prealloc/transfer/host_receive (decode); vLLM deferred and "
-               "kv_fetch_<stage>.", ("stage",)),
-    FamilySpec("kvscope_engine_time_to_first_token_seconds", "histogram",
-               "Time to first token, buckets as the engine defines them. vLLM, SGLang, LMDeploy "
-               "time_to_first_token_seconds; Dynamo frontend."),
-    FamilySpec("kvscope_engine_inter_token_latency_seconds", "histogram",
-               "Time between output tokens. vLLM/SGLang inter_token_latency_seconds (older: "
-               "time_per_output_token_seconds), LMDeploy iter_token_latency, Dynamo frontend."),
-    FamilySpec("kvscope_engine_e2e_request_latency_seconds", "histogram",
-               "Request latency from arrival to last token. vLLM/SGLang/LMDeploy "
-               "e2e_request_latency_seconds, TGI request_duration, Dynamo request_duration."),
-    FamilySpec("kvscope_engine_kv_transfer_bytes_total", "counter",
-               "KV-cache bytes moved between instances. vLLM nixl/mooncake bytes_transferred_sum, "
-               "SGLang kv_transfer_total_mb_sum x 2^20 (MiB), Mooncake TENT/client read+write "
-               "bytes, NIXL agent tx+rx bytes."),
-    FamilySpec("kvscope_engine_kv_transfer_seconds_total", "counter",
-               "Time spent in KV-cache transfers. vLLM nixl/mooncake xfer_time_seconds_sum, "
-               "SGLang kv_transfer_latency_ms_sum / 1000, Mooncake latency sums (us), NIXL "
-               "agent_xfer_time (us)."),
-    FamilySpec("kvscope_engine_kv_transfer_failures_total", "counter",
-               "Failed KV transfers by kind (transfer, bootstrap, notification, expired, recv, "
-               "store_read, store_write). vLLM nixl/mooncake failure counters and Mooncake store "
-               "operations with a status other than ok, SGLang num_*_failed_reqs, TENT failures, "
-               "NIXL agent_errors.", ("kind",)),
-    FamilySpec("kvscope_engine_kv_transfer_last_seconds", "gauge",
-               "Latency of the last KV transfer, from SGLang builds that expose "
-               "kv_transfer_latency_ms as a gauge (before it became a histogram)."),
-    FamilySpec("kvscope_engine_kv_transfer_last_bytes_per_second", "gauge",
-               "Speed of the last KV transfer, from SGLang builds that expose "
-               "kv_transfer_speed_gb_s as a gauge (GiB/s x 2^30)."),
-    FamilySpec("kvscope_engine_kv_transfer_speed_bytes_per_second", "histogram",
-               "Speed of each KV transfer, from SGLang builds where kv_transfer_speed_gb_s is a "
-               "histogram (bounds and sum in GiB/s x 2^30)."),
-    FamilySpec("kvscope_engine_prompt_tokens_total", "counter",
-               "Prompt tokens processed. vLLM/SGLang/LMDeploy prompt_tokens, TGI "
-               "request_input_length_sum, Dynamo input_sequence_tokens_sum."),
-    FamilySpec("kvscope_engine_generation_tokens_total", "counter",
-               "Output tokens generated. vLLM/SGLang/LMDeploy generation_tokens, TGI "
-               "request_generated_tokens_sum, Dynamo output_tokens."),
-    FamilySpec("kvscope_engine_requests_total", "counter",
-               "Finished requests by outcome (success, error, aborted). vLLM/LMDeploy "
-               "request_success by finished_reason, SGLang num_requests minus "
-               "num_aborted_requests, TGI request_success/request_failure, Dynamo "
-               "requests_total by status.", ("outcome",)),
-    FamilySpec("kvscope_engine_preemptions_total", "counter",
-               "Requests preempted to free KV cache. vLLM num_preemptions, SGLang "
-               "num_retracted_requests."),
-    FamilySpec("kvscope_engine_kv_store_lookups_total", "counter",
-               "Lookups in a shared KV store. Mooncake master total_get_nums_."),
-    FamilySpec("kvscope_engine_kv_store_hits_total", "counter",
-               "Store lookups that found a complete replica. Mooncake master valid_get_nums_."),
-    FamilySpec("kvscope_engine_kv_store_used_bytes", "gauge",
-               "Bytes allocated in a shared KV store. Mooncake master_allocated_bytes."),
-    FamilySpec("kvscope_engine_kv_store_capacity_bytes", "gauge",
-               "Capacity of a shared KV store. Mooncake master_total_capacity_bytes."),
-    FamilySpec("kvscope_engine_external_prefix_cache_query_tokens_total", "counter",
-               "Prompt tokens looked up outside the engine's own prefix cache (a KV connector: "
-               "LMCache, a P2P or store connector). vLLM external_prefix_cache_queries, LMCache "
-               "num_lookup_tokens. Only with its hit counterpart."),
-    FamilySpec("kvscope_engine_external_prefix_cache_hit_tokens_total", "counter",
-               "Prompt tokens found outside the engine's own prefix cache. vLLM "
-               "external_prefix_cache_hits, LMCache num_lookup_hits."),
-    FamilySpec("kvscope_engine_kv_store_io_bytes_total", "counter",
-               "Bytes read from or written to a shared KV store by direction (read, write). "
-               "LMCache num_remote_read/write_bytes, vLLM MooncakeStoreConnector "
-               "mooncake_store_operation_bytes (load_get = read, save_put = write).",
-               ("direction",)),
-    FamilySpec("kvscope_engine_kv_store_io_seconds_total", "counter",
-               "Time spent reading from or writing to a shared KV store, by direction. vLLM "
-               "MooncakeStoreConnector mooncake_store_operation_time_seconds_sum.",
-               ("direction",)),
-    FamilySpec("kvscope_engine_kv_cache_capacity_tokens", "gauge",
-               "Tokens the engine's KV cache (token budget) holds. SGLang max_total_num_tokens "
-               "(max over TP ranks), TGI batch_max_total_tokens."),
-    FamilySpec("kvscope_engine_batch_reserved_tokens", "gauge",
-               "Tokens the running batch may grow to, reserved against the KV token budget. TGI "
-               "batch_current_max_tokens (an upper bound, not slots in use: divide by "
-               "kvscope_engine_kv_cache_capacity_tokens for a usage proxy)."),
-)}
+# How each fact accumulates: counters and histograms are cumulative (the collector carries them
+# across engine restarts), gauges are levels.
+KINDS: Mapping[Fact, Kind] = {
+    Fact.KV_CACHE_USAGE: "gauge",
+    Fact.PREFIX_CACHE_QUERY_TOKENS: "counter",
+    Fact.PREFIX_CACHE_HIT_TOKENS: "counter",
+    Fact.PREFIX_CACHE_HIT_RATE: "gauge",
+    Fact.REQUESTS_RUNNING: "gauge",
+    Fact.REQUESTS_WAITING: "gauge",
+    Fact.PD_QUEUE_REQUESTS: "gauge",
+    Fact.TIME_TO_FIRST_TOKEN: "histogram",
+    Fact.INTER_TOKEN_LATENCY: "histogram",
+    Fact.E2E_REQUEST_LATENCY: "histogram",
+    Fact.KV_TRANSFER_BYTES: "counter",
+    Fact.KV_TRANSFER_TIME: "counter",
+    Fact.KV_TRANSFER_FAILURES: "counter",
+    Fact.KV_TRANSFER_LAST_LATENCY: "gauge",
+    Fact.KV_TRANSFER_LAST_SPEED: "gauge",
+    Fact.KV_TRANSFER_SPEED: "histogram",
+    Fact.PROMPT_TOKENS: "counter",
+    Fact.GENERATION_TOKENS: "counter",
+    Fact.REQUESTS_FINISHED: "counter",
+    Fact.PREEMPTIONS: "counter",
+    Fact.KV_STORE_LOOKUPS: "counter",
+    Fact.KV_STORE_HITS: "counter",
+    Fact.KV_STORE_USED: "gauge",
+    Fact.KV_STORE_CAPACITY: "gauge",
+    Fact.EXTERNAL_PREFIX_CACHE_QUERY_TOKENS: "counter",
+    Fact.EXTERNAL_PREFIX_CACHE_HIT_TOKENS: "counter",
+    Fact.KV_STORE_IO_BYTES: "counter",
+    Fact.KV_STORE_IO_TIME: "counter",
+    Fact.KV_CACHE_CAPACITY_TOKENS: "gauge",
+    Fact.BATCH_RESERVED_TOKENS: "gauge",
+}
 
 
 @dataclass(frozen=True)
@@ -197,12 +156,12 @@ class Part:
 
 @dataclass(frozen=True)
 class Rule:
-    family: str
+    family: Fact
     engine: str
     alternatives: tuple[tuple[Part, ...], ...]  # first present wins; its parts are summed
     reduce: Literal["sum", "max"] = "sum"  # across shards (ratios: max)
-    pair: str | None = None  # family whose rule must use the same alternative index
-    unless: str | None = None  # family that, when present for this engine, suppresses this one
+    pair: Fact | None = None  # fact whose rule must use the same alternative index
+    unless: Fact | None = None  # fact that, when present for this engine, suppresses this one
     zero_when: tuple[str, ...] = ()  # sample-name prefixes: when present, absent parts are 0
     hold: bool = False  # counter derived by subtraction: never let it step back
 
@@ -249,36 +208,36 @@ MOONCAKE_MASTER = ("master_", "valid_get_nums_", "total_get_nums_", "mem_cache_"
                    "segment_")
 MOONCAKE_TENT = ("tent_",)
 
-F_KV = "kvscope_engine_kv_cache_usage_ratio"
-F_QUERY = "kvscope_engine_prefix_cache_query_tokens_total"
-F_HIT = "kvscope_engine_prefix_cache_hit_tokens_total"
-F_RATIO = "kvscope_engine_prefix_cache_hit_ratio"
-F_RUN = "kvscope_engine_requests_running"
-F_WAIT = "kvscope_engine_requests_waiting"
-F_PDQ = "kvscope_engine_pd_queue_requests"
-F_TTFT = "kvscope_engine_time_to_first_token_seconds"
-F_ITL = "kvscope_engine_inter_token_latency_seconds"
-F_E2E = "kvscope_engine_e2e_request_latency_seconds"
-F_XBYTES = "kvscope_engine_kv_transfer_bytes_total"
-F_XSEC = "kvscope_engine_kv_transfer_seconds_total"
-F_XFAIL = "kvscope_engine_kv_transfer_failures_total"
-F_XLAST = "kvscope_engine_kv_transfer_last_seconds"
-F_XSPEED = "kvscope_engine_kv_transfer_last_bytes_per_second"
-F_PROMPT = "kvscope_engine_prompt_tokens_total"
-F_GEN = "kvscope_engine_generation_tokens_total"
-F_REQ = "kvscope_engine_requests_total"
-F_PREEMPT = "kvscope_engine_preemptions_total"
-F_LOOKUPS = "kvscope_engine_kv_store_lookups_total"
-F_SHITS = "kvscope_engine_kv_store_hits_total"
-F_SUSED = "kvscope_engine_kv_store_used_bytes"
-F_SCAP = "kvscope_engine_kv_store_capacity_bytes"
-F_XSPEEDH = "kvscope_engine_kv_transfer_speed_bytes_per_second"
-F_EXQUERY = "kvscope_engine_external_prefix_cache_query_tokens_total"
-F_EXHIT = "kvscope_engine_external_prefix_cache_hit_tokens_total"
-F_IOBYTES = "kvscope_engine_kv_store_io_bytes_total"
-F_IOSEC = "kvscope_engine_kv_store_io_seconds_total"
-F_KVCAP = "kvscope_engine_kv_cache_capacity_tokens"
-F_RESERVED = "kvscope_engine_batch_reserved_tokens"
+F_KV = Fact.KV_CACHE_USAGE
+F_QUERY = Fact.PREFIX_CACHE_QUERY_TOKENS
+F_HIT = Fact.PREFIX_CACHE_HIT_TOKENS
+F_RATIO = Fact.PREFIX_CACHE_HIT_RATE
+F_RUN = Fact.REQUESTS_RUNNING
+F_WAIT = Fact.REQUESTS_WAITING
+F_PDQ = Fact.PD_QUEUE_REQUESTS
+F_TTFT = Fact.TIME_TO_FIRST_TOKEN
+F_ITL = Fact.INTER_TOKEN_LATENCY
+F_E2E = Fact.E2E_REQUEST_LATENCY
+F_XBYTES = Fact.KV_TRANSFER_BYTES
+F_XSEC = Fact.KV_TRANSFER_TIME
+F_XFAIL = Fact.KV_TRANSFER_FAILURES
+F_XLAST = Fact.KV_TRANSFER_LAST_LATENCY
+F_XSPEED = Fact.KV_TRANSFER_LAST_SPEED
+F_PROMPT = Fact.PROMPT_TOKENS
+F_GEN = Fact.GENERATION_TOKENS
+F_REQ = Fact.REQUESTS_FINISHED
+F_PREEMPT = Fact.PREEMPTIONS
+F_LOOKUPS = Fact.KV_STORE_LOOKUPS
+F_SHITS = Fact.KV_STORE_HITS
+F_SUSED = Fact.KV_STORE_USED
+F_SCAP = Fact.KV_STORE_CAPACITY
+F_XSPEEDH = Fact.KV_TRANSFER_SPEED
+F_EXQUERY = Fact.EXTERNAL_PREFIX_CACHE_QUERY_TOKENS
+F_EXHIT = Fact.EXTERNAL_PREFIX_CACHE_HIT_TOKENS
+F_IOBYTES = Fact.KV_STORE_IO_BYTES
+F_IOSEC = Fact.KV_STORE_IO_TIME
+F_KVCAP = Fact.KV_CACHE_CAPACITY_TOKENS
+F_RESERVED = Fact.BATCH_RESERVED_TOKENS
 
 # vLLM MooncakeStoreConnector operations that move KV, by direction; save_exists only asks.
 MOONCAKE_STORE_DIRECTIONS = {"load_get": "read", "save_put": "write"}
@@ -516,7 +475,7 @@ def _wanted() -> tuple[frozenset[str], frozenset[str]]:
     keep: set[str] = set()
     cumulative: set[str] = set()
     for rule in RULES:
-        kind = FAMILIES[rule.family].kind
+        kind = KINDS[rule.family]
         for alt in rule.alternatives:
             for part in alt:
                 if kind == "histogram":
@@ -542,7 +501,7 @@ LabelKey = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True)
 class Value:
-    family: str
+    family: Fact
     engine: str
     labels: LabelKey  # output labels beyond the target's (stage, outcome, kind, window)
     value: float
@@ -551,7 +510,7 @@ class Value:
 
 @dataclass(frozen=True)
 class Histogram:
-    family: str
+    family: Fact
     engine: str
     labels: LabelKey
     buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count), +Inf last
@@ -829,15 +788,15 @@ def normalize(expo: Exposition, engine_hint: str | None = None,
     histograms: list[Histogram] = []
     for engine in engines:
         rules = [r for r in RULES if r.engine == engine]
-        chosen = {id(r): reader.pick(r, FAMILIES[r.family].kind == "histogram") for r in rules}
+        chosen = {id(r): reader.pick(r, KINDS[r.family] == "histogram") for r in rules}
         _align_pairs(rules, reader, chosen)
-        produced: set[str] = set()
+        produced: set[Fact] = set()
         for rule in rules:
             index = chosen[id(rule)]
             if index is None or rule.unless is not None:
                 continue
             alt = rule.alternatives[index]
-            if FAMILIES[rule.family].kind == "histogram":
+            if KINDS[rule.family] == "histogram":
                 hs = _reduce_histograms(rule, reader, alt)
                 histograms.extend(hs)
                 produced |= {h.family for h in hs}
@@ -860,7 +819,7 @@ def _align_pairs(rules: list[Rule], reader: _Reader, chosen: dict[int, int | Non
     """Counter pairs (query, hit) must come from the same generation of names, or not at all."""
     by_family = {r.family: r for r in rules if r.pair is not None}
     for rule in by_family.values():
-        partner = by_family.get(rule.pair or "")
+        partner = by_family.get(rule.pair) if rule.pair is not None else None
         if partner is None:
             chosen[id(rule)] = None
             continue

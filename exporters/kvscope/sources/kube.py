@@ -11,13 +11,14 @@ redirect is an error (`redirect`), never followed with the service account's tok
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from kvscope.parsers.kube import KubeFormatError, Pod, parse_json, parse_pod_list
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -123,19 +124,18 @@ class KubeClient:
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
         """`GET path` decoded from JSON; raises KubeError."""
-        body = await self.read(path, params)
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise KubeError("decode", f"GET {path}: not JSON: {exc}") from None
+        data = parse_json(await self.read(path, params))
+        if isinstance(data, KubeFormatError):
+            raise KubeError(data.reason, f"GET {path}: {data.message}")
+        return data
 
-    async def node_pods(self) -> list[dict[str, Any]]:
-        data = await self.get("/api/v1/pods",
-                              {"fieldSelector": f"spec.nodeName={self.node_name}"})
-        items = data.get("items") if isinstance(data, dict) else None
-        if not isinstance(items, list):
-            raise KubeError("decode", "pod list without items")
-        return [p for p in items if isinstance(p, dict)]
+    async def node_pods(self) -> list[Pod]:
+        """This node's pods (a field selector on spec.nodeName), parsed."""
+        body = await self.read("/api/v1/pods", {"fieldSelector": f"spec.nodeName={self.node_name}"})
+        pods = parse_pod_list(body)
+        if isinstance(pods, KubeFormatError):
+            raise KubeError(pods.reason, f"GET /api/v1/pods: {pods.message}")
+        return pods
 
     async def node(self) -> dict[str, Any]:
         data = await self.get(f"/api/v1/nodes/{self.node_name}")

@@ -1,9 +1,8 @@
 """HTTP endpoints: /metrics (cached bytes), /healthz, /readyz and the index page
-(status_page.py)."""
+(status_page.py); the probe app, /healthz and /readyz only, for the plain-HTTP probe listener."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -15,8 +14,9 @@ from aiohttp import web
 from kvscope.render.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from kvscope.runtime import Runtime
 from kvscope.web import status_page
+from kvscope.web.auth import BasicAuth, Verdict
 from kvscope.web.status_page import DoctorCache, NodeFacts
-from kvscope.web.webconfig import BasicAuth, WebConfig, subject_alt_names
+from kvscope.web.webconfig import WebConfig, subject_alt_names
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,31 @@ def _wants_openmetrics(request: web.Request) -> bool:
     return "application/openmetrics-text" in request.headers.get("Accept", "")
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header lets us answer with gzip (RFC 9110 12.5.3): `gzip`
+    (or its alias `x-gzip`) or else `*` with a q-value above 0. `gzip;q=0` means "not gzip";
+    identity is always the fallback."""
+    wildcard: float | None = None
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0  # a q-value we cannot read accepts nothing
+        coding = coding.lower()
+        if coding in ("gzip", "x-gzip"):
+            return q > 0
+        if coding == "*":
+            wildcard = q
+    return wildcard is not None and wildcard > 0
+
+
 def _accepts_gzip(request: web.Request) -> bool:
-    return "gzip" in request.headers.get("Accept-Encoding", "")
+    return accepts_gzip(request.headers.get("Accept-Encoding", ""))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -82,6 +105,7 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def basic_auth_middleware(auth: BasicAuth, excluded: frozenset[str]) -> Middleware:
+    """401 without valid credentials; 429 when too many bcrypt checks already wait (auth.py)."""
     challenge = {"WWW-Authenticate": 'Basic realm="kvscope"'}
 
     @web.middleware
@@ -96,8 +120,11 @@ def basic_auth_middleware(auth: BasicAuth, excluded: frozenset[str]) -> Middlewa
             sep = ""
         if scheme.lower() != "basic" or not sep:
             return web.Response(status=401, text="Unauthorized\n", headers=challenge)
-        if not auth.cached(user, password) and not await asyncio.to_thread(auth.verify, user,
-                                                                           password):
+        verdict = await auth.check(user, password)
+        if verdict is Verdict.BUSY:
+            return web.Response(status=429, text="Too many authentication attempts\n",
+                                headers={"Retry-After": "1"})
+        if verdict is Verdict.DENIED:
             return web.Response(status=401, text="Unauthorized\n", headers=challenge)
         return await handler(request)
 
@@ -143,6 +170,7 @@ def build_app(runtime: Runtime, web_config: WebConfig | None = None,
     """The agent's endpoints. `facts` and `doctor` feed the index page only: /metrics serves
     the runtime's rendered bytes and nothing else."""
     middlewares: list[Any] = []
+    on_cleanup: list[BasicAuth] = []
     if web_config is not None:
         if web_config.http_server_config.headers:
             middlewares.append(headers_middleware(web_config.http_server_config.headers))
@@ -154,7 +182,10 @@ def build_app(runtime: Runtime, web_config: WebConfig | None = None,
         auth = BasicAuth(web_config.basic_auth_users)
         if auth.enabled:
             middlewares.append(basic_auth_middleware(auth, excluded))
+            on_cleanup.append(auth)
     app = web.Application(middlewares=middlewares)
+    for closable in on_cleanup:
+        app.on_cleanup.append(_closer(closable))
     app[RUNTIME_KEY] = runtime
     app[OPENMETRICS_KEY] = enable_openmetrics
     if facts is not None:
@@ -165,4 +196,21 @@ def build_app(runtime: Runtime, web_config: WebConfig | None = None,
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
+    return app
+
+
+def _closer(auth: BasicAuth) -> Callable[[web.Application], Awaitable[None]]:
+    async def close(_app: web.Application) -> None:
+        auth.close()
+
+    return close
+
+
+def build_probe_app(runtime: Runtime) -> web.Application:
+    """/healthz and /readyz without authentication, for the kubelet (which cannot present
+    basic-auth credentials or a client certificate), served on the probe listener alone."""
+    app = web.Application()
+    app[RUNTIME_KEY] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app

@@ -16,20 +16,18 @@ on every request): restart the agent after rotating a certificate.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import ssl
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 from typing import Literal
 
-import bcrypt
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from kvscope.config import ConfigError, describe, read_file
+from kvscope.config import ConfigError, clip, describe, read_file
+from kvscope.web.auth import hash_problem
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +195,9 @@ def load_web_config(path: Path) -> WebConfig:
     except ValidationError as exc:
         raise ConfigError(f"web config {path}: {describe(exc, WebConfig)}") from None
     for user, hashed in cfg.basic_auth_users.items():
-        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ConfigError(f"web config {path}: basic_auth_users.{user} is not a bcrypt hash")
+        problem = hash_problem(hashed)
+        if problem is not None:
+            raise ConfigError(f"web config {path}: basic_auth_users.{clip(user)} {problem}")
     if cfg.tls_server_config is not None:
         # Relative paths are relative to the web config file, as in exporter-toolkit.
         cfg = cfg.model_copy(update={"tls_server_config": _relative_to(
@@ -328,42 +327,3 @@ def subject_alt_names(peercert: object) -> set[str]:
         return set()
     return {str(value) for kind, value in peercert.get("subjectAltName", ())
             if kind in ("DNS", "IP Address", "email", "URI")}
-
-
-class BasicAuth:
-    """bcrypt checks with a cache of successes: bcrypt costs ~100 ms a check by design, and a
-    Prometheus scraping every 5 s must not pay that each time (exporter-toolkit caches too)."""
-
-    def __init__(self, users: dict[str, str]) -> None:
-        self._users = {u: h.encode() for u, h in users.items()}
-        self._verified: set[bytes] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._users)
-
-    def _key(self, user: str, password: str) -> tuple[bytes, bytes | None, bytes]:
-        hashed = self._users.get(user)
-        # Unknown users are checked against a dummy hash so timing does not reveal them.
-        target = hashed or _DUMMY_HASH
-        key = hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + target).digest()
-        return key, hashed, target
-
-    def cached(self, user: str, password: str) -> bool:
-        """True when these exact credentials were verified before (cheap, no bcrypt)."""
-        key, _, _ = self._key(user, password)
-        with self._lock:
-            return key in self._verified
-
-    def verify(self, user: str, password: str) -> bool:
-        """The bcrypt check; slow by design, so callers run it in a thread."""
-        key, hashed, target = self._key(user, password)
-        ok = bcrypt.checkpw(password.encode(), target) and hashed is not None
-        if ok:
-            with self._lock:
-                self._verified.add(key)
-        return ok
-
-
-_DUMMY_HASH = bcrypt.hashpw(b"kvscope-no-such-user", bcrypt.gensalt(rounds=10))

@@ -59,12 +59,6 @@ app.kubernetes.io/part-of: kvscope
 {{- end }}
 {{- end }}
 
-{{/* True (non-empty) when the web listener asks for credentials the kubelet cannot present. */}}
-{{- define "kvscope.webAuthenticated" -}}
-{{- $tls := .Values.web.tls }}
-{{- if or .Values.web.basicAuth.users (and $tls.enabled (hasPrefix "Require" $tls.clientAuthType)) }}true{{ end }}
-{{- end }}
-
 {{/* True (non-empty) when any web config (TLS, basic auth, headers) is set. */}}
 {{- define "kvscope.webConfigured" -}}
 {{- if or .Values.web.tls.enabled .Values.web.basicAuth.users .Values.web.headers }}true{{ end }}

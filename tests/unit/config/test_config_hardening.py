@@ -265,3 +265,35 @@ def test_the_web_config_shares_the_bounds(tmp_path: Path) -> None:
     web.write_text("tls_server_config: " + "[" * 100 + "]" * 100 + "\n")
     with pytest.raises(ConfigError, match=f"nested deeper than {MAX_DEPTH} levels"):
         read_file(web, "web config")
+
+
+def test_an_inline_encrypted_key_is_refused_at_load(tmp_path: Path) -> None:
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    cert = trustme.CA().issue_cert("localhost")
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"a passphrase"))
+
+    def indent(pem: bytes) -> str:
+        return "".join(f"    {line}\n" for line in pem.decode().splitlines())
+
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert: |\n{indent(cert.cert_chain_pems[0].bytes())}"
+                   f"  key: |\n{indent(encrypted)}")
+    with pytest.raises(ConfigError) as err:
+        load_web_config(web)
+    assert str(err.value) == (
+        f"web config {web}: TLS key inline key is encrypted (passphrase-protected); kvscope "
+        "never prompts: give a key without a passphrase (openssl pkey -in KEY -out PLAIN), "
+        "readable by the agent only")
+
+
+def test_a_long_user_name_is_clipped_in_the_hash_error(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  ? {'u' * 5000}\n  : not-a-hash\n")
+    with pytest.raises(ConfigError) as err:
+        load_web_config(web)
+    assert f"basic_auth_users.{'u' * 80}... (5000 characters) " in str(err.value)
+    assert len(str(err.value)) < SHORT_LINE

@@ -6,7 +6,8 @@ import pytest
 
 from engines_helpers import EXPECTED, P, fixture
 from kvscope.collectors.engines import Accumulator
-from kvscope.parsers.engines import KEEP, Normalized, detect, normalize
+from kvscope.collectors.engines.schema import FAMILIES
+from kvscope.parsers.engines import KEEP, Fact, Normalized, detect, normalize
 from kvscope.parsers.exposition import Exposition, parse
 
 
@@ -16,10 +17,15 @@ def _norm(text: str, hint: str | None = None) -> Normalized:
     return normalize(expo, hint)
 
 
+def _name(fact: Fact) -> str:
+    """The exported name of a fact, without the common prefix (the collector's schema)."""
+    return FAMILIES[fact].name.removeprefix(P)
+
+
 def _values(norm: Normalized) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {(v.family.removeprefix(P), v.labels): v.value for v in norm.values}
+    out = {(_name(v.family), v.labels): v.value for v in norm.values}
     for h in norm.histograms:
-        fam = h.family.removeprefix(P)
+        fam = _name(h.family)
         for bound, n in h.buckets:
             le = "+Inf" if bound == float("inf") else repr(bound)
             out[(f"{fam}_bucket", (*h.labels, ("le", le)))] = n
@@ -80,7 +86,7 @@ def test_renamed_kv_usage_prefers_the_new_name() -> None:
     text = ('vllm:gpu_cache_usage_perc{engine="0",model_name="m"} 0.3\n'
             'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.3\n')
     norm = _norm(text)
-    assert [v.value for v in norm.values if v.family.endswith("usage_ratio")] == [0.3]
+    assert [v.value for v in norm.values if _name(v.family).endswith("usage_ratio")] == [0.3]
 
 
 def test_sglang_type_change_gauge_then_histogram() -> None:
@@ -124,7 +130,7 @@ def test_detection_by_metric_names() -> None:
 
 def _accumulated(acc: Accumulator, text: str) -> dict[str, float]:
     norm = _norm(text)
-    return {v.family.removeprefix(P) + str(dict(v.labels)):
+    return {_name(v.family) + str(dict(v.labels)):
             acc.counter(v.family, v.engine, v.labels, v.value, v.hold) for v in norm.values}
 
 
@@ -170,7 +176,7 @@ def test_difference_counter_holds_through_a_dip() -> None:
 def test_sglang_speed_histogram_bounds_scale_to_bytes_per_second() -> None:
     norm = _norm(fixture("sglang_pd_prefill_histogram"))
     (speed,) = [h for h in norm.histograms
-                if h.family == P + "kv_transfer_speed_bytes_per_second"]
+                if _name(h.family) == "kv_transfer_speed_bytes_per_second"]
     # upstream bounds 0.1 ... 25 GiB/s (then +Inf), counts as printed
     assert speed.buckets[0] == (pytest.approx(0.1 * 2 ** 30), 0.0)
     assert dict(speed.buckets)[5.0 * 2 ** 30] == 6.0

@@ -132,3 +132,17 @@ def test_parsers_never_raise(text: str) -> None:
     parse_port(RawPort("d", "1", {"state": text, "phys_state": text, "rate": text,
                                   "link_layer": text}, {"port_xmit_data": text},
                        {"port_rcv_data_64": text}, {"tx_bytes_cnt": text, "lifespan": text}))
+
+
+def test_numbers_wider_than_64_bits_are_one_bad_value() -> None:
+    assert parse_counter("port_rcv_errors", str(2**64 - 1)) == 2**64 - 1
+    for text in (str(2**64), "9" * 310, "1" * 5000):
+        assert isinstance(parse_counter("port_rcv_errors", text), ParseError)
+    assert isinstance(parse_state("9" * 310 + ": ACTIVE"), ParseError)
+    assert isinstance(parse_rate("9" * 310 + " Gb/sec (4X HDR)"), ParseError)
+    stats = parse_stat(f"hw_tx_bytes_cnt : {'9' * 310}\nhw_rx_bytes_cnt : 5\n")
+    assert stats.counters == {"hw_rx_bytes_cnt": 5}
+    assert [key for key, _ in stats.malformed_lines] == ["hw_tx_bytes_cnt"]
+    resources = parse_resources('[{"ifname":"mlx5_0","qp":' + "9" * 5000 + ',"cq":2}]')
+    assert resources.by_device == {"mlx5_0": {"cq": 2}}
+    assert [(d, k) for d, k, _ in resources.malformed] == [("mlx5_0", "qp")]

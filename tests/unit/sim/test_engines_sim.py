@@ -20,6 +20,7 @@ from kvscope.collectors.engines import EnginesCollector, targets_from_pods
 from kvscope.config import EnginesConfig, PdSettings, load
 from kvscope.context import NodeContext
 from kvscope.parsers.exposition import Exposition, parse
+from kvscope.parsers.kube import Pod, parse_pod
 from kvscope.render.exposition import render_text
 from kvscope.runtime import BlockingPool
 from kvscope.sim import engines as sim_engines
@@ -180,11 +181,14 @@ NODE = "sim-node-0"
 
 def _pod(name: str, ann: dict[str, str], labels: dict[str, str] | None = None, *,
          phase: str = "Running", ports: list[dict[str, Any]] | None = None,
-         node: str = NODE, ip: str = "127.0.0.23") -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "ns", "annotations": ann,
-                         "labels": labels or {}},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "ports": ports or []}]},
-            "status": {"phase": phase, "podIP": ip}}
+         node: str = NODE, ip: str = "127.0.0.23") -> Pod:
+    pod = parse_pod({"metadata": {"name": name, "namespace": "ns", "annotations": ann,
+                                  "labels": labels or {}},
+                     "spec": {"nodeName": node, "containers": [{"name": "c",
+                                                                "ports": ports or []}]},
+                     "status": {"phase": phase, "podIP": ip}})
+    assert pod is not None
+    return pod
 
 
 def test_targets_from_pod_annotations_and_pd_labels() -> None:
@@ -244,9 +248,11 @@ async def test_discovery_failure_keeps_known_targets() -> None:
         ctx = await start_sim_services(ctx, stack)
         collector = EnginesCollector(ctx)
         await collector.poll(Tier.FAST, BlockingPool("d"))
-        await collector._kube.close()
-        collector._kube.api_url = "http://127.0.0.1:9"  # the API server goes away
-        collector._discovered_at = -1e9
+        kube = collector._discovery._kube
+        assert kube is not None
+        await kube.close()
+        kube.api_url = "http://127.0.0.1:9"  # the API server goes away
+        collector._discovery._at = -1e9
         families = (await collector.poll(Tier.FAST, BlockingPool("d"))).families
         await collector.close()
     samples = samples_of(render_text(families).decode())

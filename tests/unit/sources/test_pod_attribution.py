@@ -156,6 +156,32 @@ def test_role_and_group_from_configured_labels() -> None:
     assert role_and_group({"role": "gen"}, custom)[0] == "decode"
 
 
+@pytest.mark.parametrize(("labels", "pod_role", "engine_role"), [
+    ({"kvscope.io/pd-role": "prefill"}, "prefill", "prefill"),
+    ({"kvscope.io/pd-role": "D"}, "decode", "decode"),
+    # labelled, but neither prefill nor decode: a PD pod serving both phases, for both readers
+    ({"kvscope.io/pd-role": "unified"}, "both", "both"),
+    ({"pd-role": "aggregated"}, "both", "both"),
+    # an empty value is no label: the next configured key decides
+    ({"kvscope.io/pd-role": "", "pd-role": "decode"}, "decode", "decode"),
+    # unlabelled: not a PD pod (attribution says other); the engine is not discovered by label
+    ({"app": "web"}, "other", None),
+])
+def test_pod_attribution_and_engine_discovery_read_roles_alike(
+        labels: dict[str, str], pod_role: str, engine_role: str | None) -> None:
+    from kvscope.collectors.engines.discovery import pod_target
+    from kvscope.config import EnginesConfig
+    from kvscope.parsers.kube import ContainerPort, Pod
+
+    pd = PdSettings()
+    assert role_and_group(labels, pd)[0] == pod_role
+    pod = Pod("p", "ns", labels, False, {"c": ContainerMeta(ports=(ContainerPort("http", 80),))},
+              node_name="n", phase="Running", pod_ip="127.0.0.9")
+    target = pod_target(pod, EnginesConfig(), pd, "n")
+    assert (target.role if target is not None and not isinstance(target, str) else None) \
+        == engine_role
+
+
 def test_pod_meta_reads_the_api_object_and_survives_garbage() -> None:
     node = sim_node("nvlink-bypass")
     meta = pod_meta(pod_object(node.pods[0], node.hostname))

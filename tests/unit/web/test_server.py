@@ -18,7 +18,7 @@ from aiohttp import web
 from agent import Agent, kvscope
 from conftest import parse, sim_context
 from kvscope.app import build_runtime
-from kvscope.web.server import build_app
+from kvscope.web.server import accepts_gzip, build_app
 from node_fixture import SimulatedNode
 
 
@@ -197,6 +197,36 @@ async def test_openmetrics_and_gzip_negotiation() -> None:
                                    headers={"Accept-Encoding": "identity"}) as resp:
                 assert "Content-Encoding" not in resp.headers
                 assert not (await resp.read()).endswith(b"# EOF\n")
+    finally:
+        await runner.cleanup()
+        await runtime.stop()
+
+
+@pytest.mark.parametrize(("header", "gzip_ok"), [
+    ("gzip", True), ("gzip, deflate", True), ("deflate, gzip;q=0.5", True), ("GZIP", True),
+    ("x-gzip", True), ("*", True), ("gzip;q=0", False), ("gzip; q=0.000", False),
+    ("gzip;q=0, identity", False), ("*;q=0", False), ("gzip;q=0, *", False),
+    ("identity", False), ("", False), ("deflate", False), ("br, *;q=0.1", True),
+    ("gzip;q=bogus", False),
+])
+def test_accept_encoding_q_values(header: str, gzip_ok: bool) -> None:
+    assert accepts_gzip(header) is gzip_ok
+
+
+async def test_gzip_q0_gets_identity() -> None:
+    runtime = build_runtime(sim_context("healthy"))
+    await runtime.poll_all_once()
+    runner, base = await _serve(runtime)
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.get(f"{base}/metrics",
+                                   headers={"Accept-Encoding": "gzip;q=0, identity"}) as resp:
+                assert "Content-Encoding" not in resp.headers
+                assert b"DCGM_FI_DEV_GPU_UTIL" in await resp.read()
+            async with session.get(f"{base}/metrics",
+                                   headers={"Accept-Encoding": "gzip;q=0.8"}) as resp:
+                assert resp.headers["Content-Encoding"] == "gzip"
+                assert b"DCGM_FI_DEV_GPU_UTIL" in gzip.decompress(await resp.read())
     finally:
         await runner.cleanup()
         await runtime.stop()

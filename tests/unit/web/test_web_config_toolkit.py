@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,12 @@ import bcrypt
 import pytest
 import trustme
 from aiohttp import web
+from click.testing import CliRunner, Result
 
 from agent import kvscope
 from conftest import sim_context
 from kvscope.app import build_runtime
+from kvscope.cli import main
 from kvscope.config import ConfigError
 from kvscope.web.server import build_app
 from kvscope.web.webconfig import load_web_config, ssl_context
@@ -239,13 +242,42 @@ async def test_basic_auth_headers_excluded_paths_and_http2(serve: Starter, pki: 
 ])
 def test_unsupported_or_wrong_web_config_is_one_line_exit_2(tmp_path: Path, pki: Pki,
                                                             content: str, expected: str) -> None:
+    """`kvscope serve` run in this process (the same command, without a Python start-up per
+    case); test_a_wrong_web_config_stops_a_real_process runs one case as its own process."""
     path = tmp_path / "web.yml"
     path.write_text(content.replace("{tls}", _tls(pki)).replace("{ca}", str(pki.ca_file)))
+    returncode, stderr = _serve_in_process("--scenario", "healthy", "--web.config.file",
+                                           str(path), "--web.listen-address", "127.0.0.1:0")
+    _assert_one_line_web_config_error(returncode, stderr, path, expected)
+
+
+def test_a_wrong_web_config_stops_a_real_process(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text("rate_limit: {interval: 1s, burst: 1}\n")
     result = kvscope("serve", "--scenario", "healthy", "--web.config.file", str(path),
                      "--web.listen-address", "127.0.0.1:0", timeout=30)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    _assert_one_line_web_config_error(
+        result.returncode, result.stderr, path,
+        "'rate_limit' is an exporter-toolkit key kvscope does not support")
+
+
+def _serve_in_process(*args: str) -> tuple[int, str]:
+    """(exit status, stderr) of `kvscope serve ARGS` through click's runner, in a thread so that
+    a config that is wrongly accepted fails the test instead of serving forever."""
+    done: list[Result] = []
+    worker = threading.Thread(
+        target=lambda: done.append(CliRunner().invoke(main, ["serve", *args])), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert done, f"kvscope serve {' '.join(args)} did not exit: the web config was accepted"
+    return done[0].exit_code, done[0].stderr
+
+
+def _assert_one_line_web_config_error(returncode: int, stderr: str, path: Path,
+                                      expected: str) -> None:
+    assert returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith(f"kvscope: error: web config {path}"), lines[0]
     assert expected in lines[0], lines[0]
 
