@@ -78,6 +78,8 @@ class NvlinkCollector(Collector):
         except NvmlError as exc:
             raise CollectorError(f"nvml_{exc.name.removeprefix('nvml_')}",
                                  f"NVML: {exc}") from None
+        except NvmlUnavailable as exc:  # the session is down (driver gone) after the static tier
+            raise CollectorError("nvml_unavailable", f"NVML does not answer: {exc}") from None
 
     async def _families_of(self, tier: Tier, pool: Pool) -> Sequence[Metric]:
         if tier is Tier.STATIC:

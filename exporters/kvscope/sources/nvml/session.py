@@ -88,9 +88,6 @@ class NvmlSession:
                 log.debug("NVML still not answering (%s); next try in %.0fs", exc,
                           self._retry_in)
                 return False
-            log.info("NVML answers again (was: %s): re-initialised, session %d", self._broken,
-                     self.generation)
-            self._broken = None
             return True
 
     def library(self) -> NvmlLibrary:
@@ -126,6 +123,10 @@ class NvmlSession:
             raise NvmlUnavailable(f"NVML not usable: {exc}") from exc
         self._initialised = True
         self.generation += 1
+        if self._broken is not None:
+            log.info("NVML answers again (was: %s): re-initialised, session %d", self._broken,
+                     self.generation)
+            self._broken = None
 
     def close(self) -> None:
         """nvmlShutdown, once, when the agent stops."""
