@@ -145,6 +145,9 @@ class FakeNvml:
         self._registered: set[str] = set()
         self.initialised = False
         self._initialised_at: float | None = None  # node elapsed seconds of the last nvmlInit
+        # Latency the model asked for, summed: what a test of the model checks, since wall time
+        # on a loaded machine also counts every other process.
+        self.modelled_seconds = 0.0
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -168,19 +171,26 @@ class FakeNvml:
         else:
             time.sleep(seconds)
 
+    def _spend(self, latency: float) -> None:
+        """Spend one call's modelled latency. NVML serialises calls inside the process (2 x H200:
+        p99 23 ms at one scraper, 136 ms at eight), so it is spent holding one process-wide lock."""
+        with self._lock:
+            self.modelled_seconds += latency
+        with self._serial:
+            self._wait(latency)
+
     def _enter(self, name: str, handle: SimHandle | None) -> None:
         with self._lock:
             self.calls[name] += 1
         if self.node.library_missing:
             raise NVMLError(LIBRARY_NOT_FOUND)
         self._check_driver(name)
-        # NVML serialises calls inside the process (2 x H200: p99 23 ms at one scraper, 136 ms at
-        # eight), so the modelled latency is spent holding one process-wide lock. A hung call
-        # holds it too: a wedged driver blocks every NVML caller of the process, not one.
-        with self._serial:
-            if name in self.node.slow_calls:
+        if name in self.node.slow_calls:
+            # A hung call holds the process-wide lock: a wedged driver blocks every NVML caller
+            # of the process, not only the one that hung.
+            with self._serial:
                 time.sleep(self.node.slow_calls[name])
-            self._wait(self._latency(name))
+        self._spend(self._latency(name))
         if handle is not None and self.node.is_lost(handle.gpu):
             raise NVMLError(GPU_IS_LOST)
         if name in self.node.not_supported:
@@ -520,8 +530,7 @@ class FakeNvml:
         out = []
         for spec in field_ids:
             field_id, scope_id = spec if isinstance(spec, tuple) else (spec, 0)
-            with self._serial:
-                self._wait(self._latency_field(field_id, scope_id))
+            self._spend(self._latency_field(field_id, scope_id))
             ret, value = self._field_value(h.gpu, field_id, scope_id)
             is_double = isinstance(value, float)
             out.append(SimpleNamespace(
