@@ -22,8 +22,8 @@ from contextlib import AsyncExitStack
 
 from prometheus_client.core import Metric
 
-from conftest import FrozenClock, sim_context
-from kvscope.app import build_runtime, start_sim_services
+from conftest import FrozenClock, sim_context, start_sim_services
+from kvscope.app import build_runtime
 from kvscope.collectors.base import Tier
 from kvscope.render.exposition import merge, render_text
 
@@ -51,7 +51,7 @@ async def collector_families(scenario: str) -> dict[str, list[Metric]]:
         overrides={f"collectors.{c}.enabled": True for c in OPTIONAL_COLLECTORS},
     )
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         runtime = build_runtime(ctx)
         try:
             await runtime.poll_all_once()

@@ -142,6 +142,9 @@ class FakeNvml:
         self._delivered_xids: set[int] = set()
         self._registered: set[str] = set()
         self.initialised = False
+        # Latency the model asked for, summed: what a test of the model checks, since wall time
+        # on a loaded machine also counts every other process.
+        self.modelled_seconds = 0.0
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -165,6 +168,14 @@ class FakeNvml:
         else:
             time.sleep(seconds)
 
+    def _spend(self, latency: float) -> None:
+        """Spend one call's modelled latency. NVML serialises calls inside the process (2 x H200:
+        p99 23 ms at one scraper, 136 ms at eight), so it is spent holding one process-wide lock."""
+        with self._lock:
+            self.modelled_seconds += latency
+        with self._serial:
+            self._wait(latency)
+
     def _enter(self, name: str, handle: SimHandle | None) -> None:
         with self._lock:
             self.calls[name] += 1
@@ -172,10 +183,7 @@ class FakeNvml:
             raise NVMLError(LIBRARY_NOT_FOUND)
         if name in self.node.slow_calls:
             time.sleep(self.node.slow_calls[name])
-        # NVML serialises calls inside the process (2 x H200: p99 23 ms at one scraper, 136 ms at
-        # eight), so the modelled latency is spent holding one process-wide lock.
-        with self._serial:
-            self._wait(self._latency(name))
+        self._spend(self._latency(name))
         if handle is not None and self.node.is_lost(handle.gpu):
             raise NVMLError(GPU_IS_LOST)
         if name in self.node.not_supported:
@@ -501,8 +509,7 @@ class FakeNvml:
         out = []
         for spec in field_ids:
             field_id, scope_id = spec if isinstance(spec, tuple) else (spec, 0)
-            with self._serial:
-                self._wait(self._latency_field(field_id, scope_id))
+            self._spend(self._latency_field(field_id, scope_id))
             ret, value = self._field_value(h.gpu, field_id, scope_id)
             is_double = isinstance(value, float)
             out.append(SimpleNamespace(
