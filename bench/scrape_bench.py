@@ -114,10 +114,12 @@ class Server:
                 proc.wait()
 
 
-def start_sim_services(shape: NodeShape) -> tuple[subprocess.Popen[bytes], str]:
+def start_sim_services(shape: NodeShape, faults: float = 0.0,
+                       ) -> tuple[subprocess.Popen[bytes], str]:
     """The simulator's services in their own process; returns it and its config overrides."""
-    proc = subprocess.Popen([sys.executable, str(BENCH / "sim_services.py"), shape.to_json()],
-                            env=child_env(), cwd=REPO, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(BENCH / "sim_services.py"), shape.to_json(),
+                             f"--faults={faults:g}"], env=child_env(), cwd=REPO,
+                            stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if not line:
@@ -125,11 +127,12 @@ def start_sim_services(shape: NodeShape) -> tuple[subprocess.Popen[bytes], str]:
     return proc, line.strip()
 
 
-def sim_kvscope(shape: NodeShape, name: str = "kvscope") -> Server:
-    services, overrides = start_sim_services(shape)
+def sim_kvscope(shape: NodeShape, name: str = "kvscope", faults: float = 0.0) -> Server:
+    """kvscope on the simulated node; `faults`: toggle bench/soak_faults.py every N seconds."""
+    services, overrides = start_sim_services(shape, faults)
     port = free_port()
     server = Server(name, [sys.executable, str(BENCH / "sim_agent.py"), shape.to_json(),
-                           overrides, f"127.0.0.1:{port}"], port)
+                           overrides, f"127.0.0.1:{port}", f"--faults={faults:g}"], port)
     server.helpers.append(services)
     return server
 
@@ -143,11 +146,12 @@ def real_kvscope() -> Server:
 
 def nvitop_exporter() -> Server:
     port = free_port()
-    exe = shutil.which("nvitop-exporter") or str(Path(sys.executable).with_name("nvitop-exporter"))
-    argv = [exe] if Path(exe).exists() else [sys.executable, "-m", "nvitop_exporter"]
-    return Server("nvitop-exporter 1.7.2", [*argv, "--bind-address", "127.0.0.1", "--port",
-                                            str(port), "--interval", str(NVITOP_INTERVAL),
-                                            "--hostname", "bench"], port)
+    # prometheus_client renders its registry on every scrape: tens of milliseconds per scrape
+    # on an H200 node, so it gets the slow servers' shorter latency phases.
+    return Server("nvitop-exporter 1.7.2",
+                  [sys.executable, "-m", "nvitop_exporter", "--bind-address", "127.0.0.1",
+                   "--port", str(port), "--interval", f"{NVITOP_INTERVAL:g}",
+                   "--hostname", "bench"], port, slow=True)
 
 
 def naive_exporter(real: bool) -> Server:
@@ -266,8 +270,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         servers = [sim_kvscope(NodeShape()), naive_exporter(False)]
     body_file = Path(tempfile.mkstemp(suffix=".prom")[1])
     try:
-        for s in servers:
-            s.start()
+        for s in list(servers):
+            try:
+                s.start()
+            except SystemExit as exc:  # a peer that cannot start is reported, not fatal
+                if s is servers[0]:
+                    raise
+                print(f"left out: {exc}", file=sys.stderr, flush=True)
+                s.stop()
+                servers.remove(s)
         print(f"started: {', '.join(s.name for s in servers)}", flush=True)
         wait_past_first_polls(servers, args.warmup)
         with urllib.request.urlopen(servers[0].url) as resp:
@@ -442,6 +453,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         twin = ax.twinx()
         twin.plot(xs, [p["series"] for p in points], marker="s", color="tab:orange")
         twin.set_ylabel("series", color="tab:orange")
+        ax.set_ylim(bottom=0)
+        twin.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -467,6 +480,8 @@ def main() -> None:
     parser.add_argument("--no-sweeps", action="store_true", help="skip the growth sweeps")
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
     args = parser.parse_args()
+    # A timeout's SIGTERM unwinds like Ctrl-C, so every server started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     out_dir = args.out_dir or default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -476,17 +491,21 @@ def main() -> None:
                               "command": " ".join(["python3", "bench/scrape_bench.py",
                                                    *sys.argv[1:]])}
     result["compare"] = compare(args)
+    write(result, out_dir)  # the comparison is kept even if the sweeps are cut short
     if not args.no_sweeps:
         result["sweeps"] = sweeps(args)
-    table = markdown(result)
-    print(table)
-    (out_dir / "results.md").write_text(table)
+        write(result, out_dir)
+    print(markdown(result))
+
+
+def write(result: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "results.md").write_text(markdown(result))
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     try:
         plot(result, out_dir / "results.png")
     except ImportError as exc:  # matplotlib is in the bench extra; the tables stand alone
         print(f"no plot: {exc}", file=sys.stderr)
-    print(f"wrote {out_dir}/results.md, results.json, results.png")
+    print(f"wrote {out_dir}/results.md, results.json, results.png", flush=True)
 
 
 if __name__ == "__main__":

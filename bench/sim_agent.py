@@ -5,6 +5,7 @@ libraries, not services), and receives the services' addresses as config overrid
 production serve path runs unchanged and its CPU and memory are the agent's alone.
 
 Run: python3 bench/sim_agent.py SHAPE_JSON OVERRIDES_JSON LISTEN [--no-collector.NAME ...]
+     [--faults=SECONDS]  (bench/soak.py: toggle the agent-side faults of soak_faults.py)
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ def main() -> None:
     external: dict[str, Any] = json.loads(sys.argv[2])
     overrides: dict[str, Any] = {"web.listen_address": sys.argv[3], "log_level": "error",
                                  "scenario": shape.scenario, "node_name": shape.hostname}
+    fault_period = 0.0
     for flag in sys.argv[4:]:
+        if flag.startswith("--faults="):  # bench/soak.py: toggle faults every N seconds
+            fault_period = float(flag.removeprefix("--faults="))
+            continue
         name = flag.removeprefix("--no-collector.")
         overrides[f"collectors.{name}.enabled"] = False
 
@@ -44,7 +49,12 @@ def main() -> None:
     services.start_all = already_running  # type: ignore[assignment]
     logging.basicConfig(level=logging.ERROR)
     config = load(None, overrides)
-    asyncio.run(app.serve(app.build_context(config, sim_node=build_node(shape))))
+    node = build_node(shape)
+    if fault_period > 0:
+        from soak_faults import AGENT_FAULTS, toggle_forever
+
+        toggle_forever(node, AGENT_FAULTS, fault_period)
+    asyncio.run(app.serve(app.build_context(config, sim_node=node)))
 
 
 if __name__ == "__main__":

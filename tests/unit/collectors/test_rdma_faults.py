@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import threading
@@ -241,19 +242,31 @@ def test_one_hung_device_leaves_the_others_updating(
 
 def test_a_hung_device_in_the_static_tier_keeps_the_others_identity(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
-    (tree / "class/infiniband/mlx5_0/fw_ver").unlink()
-    os.mkfifo(tree / "class/infiniband/mlx5_0/fw_ver")
+    fw = tree / "class/infiniband/mlx5_0/fw_ver"
     collector = _collector(tree, sysfs_timeout=0.3, timeout=2.0)
     pool = BlockingPool("test-rdma-static")
-    try:
+
+    def identities() -> tuple[list[str], list[str]]:
         result, found = _poll(collector, pool, Tier.STATIC)
+        return _reasons(result), [lb["device"] for lb, _ in found["kvscope_rdma_device_info"]]
+
+    fd = -1
+    try:
+        assert identities() == ([], ["mlx5_0", "mlx5_1"])
+        fw.unlink()
+        os.mkfifo(fw)
+        # Hung now: mlx5_0 keeps the identity it had (it has not moved), the tier says why.
+        assert identities() == (["sysfs_timeout"], ["mlx5_0", "mlx5_1"])
+        fresh = _collector(tree, sysfs_timeout=0.3, timeout=2.0)
+        result, found = _poll(fresh, pool, Tier.STATIC)  # hung from the start: nothing to keep
         assert _reasons(result) == ["sysfs_timeout"]
         assert [lb["device"] for lb, _ in found["kvscope_rdma_device_info"]] == ["mlx5_1"]
     finally:
-        fw = tree / "class/infiniband/mlx5_0/fw_ver"
-        fd = os.open(fw, os.O_WRONLY | os.O_NONBLOCK)
-        fw.unlink()
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            fd = os.open(fw, os.O_WRONLY | os.O_NONBLOCK)  # answers both hung readers
+        fw.unlink(missing_ok=True)
+        if fd >= 0:
+            os.close(fd)
         pool.shutdown()
 
 

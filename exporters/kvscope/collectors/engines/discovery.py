@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from kvscope.analysis.pd_roles import label_role, role_of_value
-from kvscope.config import ENGINE_NAMES, Config, EnginesConfig, PdSettings
+from kvscope.config import ENGINE_NAMES, Config, EnginesConfig, PdSettings, parse_port
 from kvscope.parsers.kube import Pod
 from kvscope.sources.http_scrape import redact
 from kvscope.sources.kube import KubeClient, KubeError
@@ -103,7 +103,7 @@ def _metrics_path(raw: str | None) -> str | None:
 def _port(pod: Pod, cfg: EnginesConfig) -> int | None:
     raw = pod.annotations.get(cfg.annotations.port)
     if raw is not None:
-        port = int(raw) if raw.isdigit() else None
+        port = parse_port(raw)  # ASCII digits only: int('²') raises, int('٩٤') is 94
     else:  # no annotation: the port named metrics, else http, else the first declared
         ports = pod.ports()
         named = {p.name: p.port for p in reversed(ports)}
