@@ -28,7 +28,8 @@ def main() -> None:
 
     from kvscope import app
     from kvscope.config import load
-    from kvscope.sim import services
+    from kvscope.context import NodeContext
+    from kvscope.sim import build_backends, services
 
     shape = NodeShape.from_json(sys.argv[1])
     external: dict[str, Any] = json.loads(sys.argv[2])
@@ -54,7 +55,13 @@ def main() -> None:
         from soak_faults import AGENT_FAULTS, toggle_forever
 
         toggle_forever(node, AGENT_FAULTS, fault_period)
-    asyncio.run(app.serve(app.build_context(config, sim_node=node)))
+
+    async def serve() -> None:
+        async with AsyncExitStack() as stack:
+            backends, final = await build_backends(config, stack, fault_delay=30.0, node=node)
+            await app.serve(NodeContext(final, backends))
+
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":

@@ -66,17 +66,20 @@ class Agent:
     """kvscope's NVLink and topology collectors over one NVML library object."""
 
     def __init__(self, library: Any) -> None:
+        from kvscope.backends import Backends
         from kvscope.collectors.nvlink import NvlinkCollector
         from kvscope.collectors.topology import TopologyCollector
         from kvscope.config import Config
         from kvscope.context import NodeContext
         from kvscope.runtime import BlockingPool
+        from kvscope.sources.nvml_session import NvmlSession
 
         # No Kubernetes API and no kubelet here: only the hardware is checked.
         config = Config.model_validate({"collectors": {"topology": {"kubernetes_api": False}}})
-        self.ctx = NodeContext(config=config, nvml=library, oneshot=True)
-        self.nvlink = NvlinkCollector(self.ctx, library=library)
-        self.topology = TopologyCollector(self.ctx, library=library)
+        backends = Backends(nvml=NvmlSession(lambda: library))
+        self.ctx = NodeContext(config=config, backends=backends, oneshot=True)
+        self.nvlink = NvlinkCollector(self.ctx)
+        self.topology = TopologyCollector(self.ctx)
         self.pool = BlockingPool("check")
         self.static: list[Any] = []
 

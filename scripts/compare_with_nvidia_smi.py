@@ -117,13 +117,16 @@ class KvscopeGpu:
     def __init__(self) -> None:
         import pynvml
 
+        from kvscope.backends import Backends
         from kvscope.collectors.gpu import GpuCollector
         from kvscope.config import Config
         from kvscope.context import NodeContext
         from kvscope.runtime import Runtime
+        from kvscope.sources.nvml_session import NvmlSession
 
-        self.ctx = NodeContext(config=Config(), nvml=pynvml, oneshot=True)
-        self.collector = GpuCollector(self.ctx, library=pynvml)
+        backends = Backends(nvml=NvmlSession(lambda: pynvml))
+        self.ctx = NodeContext(config=Config(), backends=backends, oneshot=True)
+        self.collector = GpuCollector(self.ctx)
         self.runtime = Runtime([self.collector])
 
     async def poll(self, *tiers: str) -> dict[str, dict[str, tuple[dict[str, str], float]]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,14 @@ import pytest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvscope.app import build_context, build_runtime, start_sim_services
-from kvscope.config import load
+from kvscope import doctor
+from kvscope.app import build_runtime
+from kvscope.backends import Backends
+from kvscope.config import Config, load
 from kvscope.context import NodeContext
+from kvscope.sim.backends import node_backends, start_services
+from kvscope.sim.node import SimNode
+from kvscope.sim.nvml import FakeNvml
 from kvscope.sim.scenarios import SimOptions, build_scenario
 
 NODE = "golden-node"
@@ -40,9 +47,79 @@ def clock() -> FrozenClock:
     return FrozenClock()
 
 
+@dataclass(frozen=True)
+class SimContext(NodeContext):
+    """The agent's context over a simulated node, with the node and its fake NVML at hand for
+    the test to steer and count (production code sees only the NodeContext part)."""
+
+    node: SimNode | None = None
+    fake_nvml: FakeNvml | None = None
+
+    @property
+    def sim(self) -> SimNode:
+        assert self.node is not None
+        return self.node
+
+    @property
+    def nvml(self) -> FakeNvml:
+        assert self.fake_nvml is not None
+        return self.fake_nvml
+
+
+def context_for(config: Config, backends: Backends | None = None, *,
+                oneshot: bool = False) -> NodeContext:
+    """The agent's context for `config` over `backends` (default: the host's, unloaded)."""
+    return NodeContext(config, backends or Backends(), oneshot=oneshot)
+
+
+def sim_context_for(config: Config, node: SimNode, *, oneshot: bool = True) -> SimContext:
+    """The context over `node`'s fakes; its services are not started (see start_sim_services)."""
+    backends, fake = node_backends(node, config.scenario)
+    return SimContext(config, backends, oneshot=oneshot, node=node, fake_nvml=fake)
+
+
+async def start_sim_services(ctx: SimContext, stack: AsyncExitStack) -> SimContext:
+    """Start the node's fake services for the life of `stack`: the returned context carries the
+    final config that points the collectors at them (as kvscope.sim.build_backends does)."""
+    return dataclasses.replace(ctx, config=await start_services(ctx.sim, ctx.config, stack))
+
+
+async def doctor_run(ctx: NodeContext, window: float = 0.0) -> tuple[str, int]:
+    """`kvscope doctor` on the (simulated) node: doctor settings, then services, then the run."""
+    ctx = dataclasses.replace(ctx, config=doctor.doctor_config(ctx.config))
+    async with AsyncExitStack() as stack:
+        if isinstance(ctx, SimContext):
+            ctx = await start_sim_services(ctx, stack)
+        return await doctor.run(ctx, window)
+
+
+def context_of(config: Config, *, oneshot: bool = False, fault_delay: float | None = None,
+               latency_scale: float = 1.0, sim_node: SimNode | None = None) -> NodeContext:
+    """The context cli.py would build for `config`: over `sim_node`, or the scenario's node
+    (services not started), or the host."""
+    if sim_node is None and config.scenario is not None:
+        delay = fault_delay if fault_delay is not None else (0.0 if oneshot else 30.0)
+        sim_node = build_scenario(config.scenario, SimOptions(
+            hostname=config.node_name, fault_delay=delay, latency_scale=latency_scale))
+    if sim_node is not None:
+        return sim_context_for(config, sim_node, oneshot=oneshot)
+    return context_for(config, oneshot=oneshot)
+
+
+async def collect_sim_once(ctx: NodeContext) -> bytes:
+    """`kvscope collect`: the simulated node's services (if any) running, every collector
+    polled once."""
+    from kvscope.app import collect_once
+
+    async with AsyncExitStack() as stack:
+        if isinstance(ctx, SimContext):
+            ctx = await start_sim_services(ctx, stack)
+        return await collect_once(ctx)
+
+
 def sim_context(scenario: str, clock: Callable[[], float] | None = None,
                 fault_delay: float = 0.0, overrides: dict[str, Any] | None = None,
-                oneshot: bool = True, **node_changes: Any) -> NodeContext:
+                oneshot: bool = True, **node_changes: Any) -> SimContext:
     """A context for `scenario` with modelled latency off and, by default, only the GPU
     collector on (other subsystems have their own tests)."""
     settings = {"node_name": NODE, "scenario": scenario,
@@ -55,7 +132,7 @@ def sim_context(scenario: str, clock: Callable[[], float] | None = None,
     node = build_scenario(scenario, opts)
     for key, value in node_changes.items():
         setattr(node, key, value)
-    return build_context(config, oneshot=oneshot, sim_node=node)
+    return sim_context_for(config, node, oneshot=oneshot)
 
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -69,7 +146,7 @@ async def two_poll_families(scenario: str) -> list[Metric]:
     ctx = sim_context(scenario, clock=clock, overrides={
         f"collectors.{c}.enabled": True for c in ("nvlink", "topology", "rdma", "engines")})
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         runtime = build_runtime(ctx)
         try:
             await runtime.poll_all_once()
@@ -105,7 +182,9 @@ def by_gpu(samples: list[tuple[dict[str, str], float]]) -> dict[str, float]:
     return {labels["gpu"]: value for labels, value in samples}
 
 
-__all__ = ["NODE", "FrozenClock", "build_runtime", "by_gpu", "parse", "sim_context"]
+__all__ = ["NODE", "FrozenClock", "SimContext", "build_runtime", "by_gpu", "collect_sim_once",
+           "context_for", "context_of",
+           "doctor_run", "parse", "sim_context", "sim_context_for", "start_sim_services"]
 
 
 def collector_up(series: Iterable[tuple[Mapping[str, str], float]]) -> dict[str, float]:

@@ -7,9 +7,10 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -18,7 +19,11 @@ from kvscope.collectors.dcgm_compat import GENERATIONS
 from kvscope.collectors.registry import CONFIGURABLE
 from kvscope.config import Config, ConfigError, load
 
+if TYPE_CHECKING:
+    from kvscope.context import NodeContext
+
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _common_options(fn: F) -> F:
@@ -110,6 +115,25 @@ def _extra_params(fn: Callable[..., Any]) -> set[str]:
     return set(fn.__code__.co_varnames[1:fn.__code__.co_argcount])
 
 
+async def _with_node(config: Config, action: Callable[[NodeContext], Awaitable[T]], *,
+                     oneshot: bool = False, fault_delay: float | None = None) -> T:
+    """Build the Backends (the host's, or the simulated node's with its fake services running
+    for as long as `action` runs), then run `action` on the agent's context."""
+    from kvscope.backends import check_host_roots, host_backends
+    from kvscope.context import NodeContext
+
+    async with AsyncExitStack() as stack:
+        if config.scenario is None:
+            check_host_roots(config)
+            backends = host_backends(config)
+        else:
+            from kvscope.sim import build_backends
+
+            delay = fault_delay if fault_delay is not None else (0.0 if oneshot else 30.0)
+            backends, config = await build_backends(config, stack, fault_delay=delay)
+        return await action(NodeContext(config, backends, oneshot=oneshot))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """kvscope: GPU, NVLink, RDMA and inference-engine metrics for PD-disaggregated serving."""
@@ -120,10 +144,9 @@ def main() -> None:
 @_run
 def serve(config: Config) -> None:
     """Serve /metrics for this node's hardware (or the simulated node with --scenario)."""
-    from kvscope.app import build_context
     from kvscope.app import serve as serve_forever
 
-    asyncio.run(serve_forever(build_context(config)))
+    asyncio.run(_with_node(config, serve_forever))
 
 
 @main.command()
@@ -133,12 +156,11 @@ def serve(config: Config) -> None:
 @_run
 def demo(config: Config, fault_delay: float) -> None:
     """Serve the simulated node (default scenario: healthy). No GPU needed."""
-    from kvscope.app import build_context
     from kvscope.app import serve as serve_forever
 
     if config.scenario is None:
         config = config.model_copy(update={"scenario": "healthy"})
-    asyncio.run(serve_forever(build_context(config, fault_delay=fault_delay)))
+    asyncio.run(_with_node(config, serve_forever, fault_delay=fault_delay))
 
 
 @main.command()
@@ -146,9 +168,9 @@ def demo(config: Config, fault_delay: float) -> None:
 @_run
 def collect(config: Config) -> None:
     """Poll every enabled collector once, print the exposition, exit 0 (failures show in _up)."""
-    from kvscope.app import build_context, collect_once
+    from kvscope.app import collect_once
 
-    body = asyncio.run(collect_once(build_context(config, oneshot=True)))
+    body = asyncio.run(_with_node(config, collect_once, oneshot=True))
     sys.stdout.write(body.decode())
 
 
@@ -182,10 +204,12 @@ def doctor(config: Config, url: str | None, url_timeout: float, window: float) -
             _fail(str(exc))
         report, code = asyncio.run(doctor_module.report(snap))
     else:
-        from kvscope.app import build_context
+        async def local(ctx: NodeContext) -> tuple[str, int]:
+            return await doctor_module.run(ctx, window)
 
-        report, code = asyncio.run(doctor_module.run(build_context(config, oneshot=True),
-                                                     window))
+        # The doctor's settings (every NVLink) apply before the simulated services start.
+        report, code = asyncio.run(_with_node(doctor_module.doctor_config(config), local,
+                                              oneshot=True))
     sys.stdout.write(report)
     _leave(code)
 

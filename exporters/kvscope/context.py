@@ -1,32 +1,23 @@
-"""What collectors share: the configuration, the simulated node (if any) and cross-collector state.
+"""What every collector is given: the configuration, the backends, the shared services.
 
-Pod attribution (issue: topology) writes `gpu_pods`; the GPU collector reads it when it labels
-its series, so a new pod shows up on the next fast poll without a scrape doing any lookup.
+One frozen value per agent (app.py builds it from Backends and Config). Nothing in it is
+rewritten after start: the simulator hands its final Config to cli.py before any collector is
+built, and facts collectors share live in typed services with one writer each
+(collectors/shared.py), not in fields on this object.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from kvscope.backends import Backends
+from kvscope.collectors.shared import SharedServices
 from kvscope.config import Config
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeContext:
     config: Config
-    sim: Any = None  # kvscope.sim.SimNode when serving the simulated node
-    nvml: Any = None  # NVML library object shared by collectors: pynvml, or the sim's fake
-    gpu_pods: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # UUID -> pod labels
-    topology: Any = None  # analysis.topology_model.NodeTopology; the topology collector sets it
-    oneshot: bool = False  # `kvscope collect`: event tiers drain without waiting
-
-    def nvml_library(self) -> Any:
-        """The NVML library object every NVML collector shares: the simulator's fake, or pynvml
-        loaded once. Raises kvscope.sources.nvml.NvmlUnavailable when there is none."""
-        if self.nvml is None:
-            from kvscope.sources.nvml import load_library
-
-            self.nvml = load_library(self.config.collectors.gpu.nvml_library)
-        return self.nvml
+    backends: Backends = field(default_factory=Backends)
+    shared: SharedServices = field(default_factory=SharedServices)
+    oneshot: bool = False  # `kvscope collect` and the doctor: event tiers drain without waiting

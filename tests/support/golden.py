@@ -23,8 +23,8 @@ from contextlib import AsyncExitStack
 from prometheus_client.core import Metric
 
 import timeouts
-from conftest import FrozenClock, sim_context
-from kvscope.app import build_runtime, start_sim_services
+from conftest import FrozenClock, sim_context, start_sim_services
+from kvscope.app import build_runtime
 from kvscope.collectors.base import Tier
 from kvscope.render.exposition import merge, render_text
 
@@ -55,7 +55,7 @@ async def collector_families(scenario: str) -> dict[str, list[Metric]]:
         },
     )
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         runtime = build_runtime(ctx)
         try:
             await runtime.poll_all_once()

@@ -8,7 +8,8 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from kvscope.app import build_context, build_runtime, start_sim_services
+from conftest import context_of, start_sim_services
+from kvscope.app import build_runtime
 from kvscope.config import Config
 from kvscope.context import NodeContext
 from kvscope.runtime import Runtime
@@ -38,7 +39,7 @@ def sim_node(scenario: str = "healthy", clock: Callable[[], float] | None = None
 
 def context(node: SimNode, **config: Any) -> NodeContext:
     cfg = Config.model_validate({"node_name": node.hostname, **config})
-    return build_context(cfg, oneshot=True, sim_node=node)
+    return context_of(cfg, oneshot=True, sim_node=node)
 
 
 def samples(families: Iterable[Metric], name: str) -> list[tuple[dict[str, str], float]]:
@@ -51,7 +52,7 @@ async def collect(node: SimNode, *, services: bool = True,
     ctx = context(node, **config)
     async with AsyncExitStack() as stack:
         if services:
-            await start_sim_services(ctx, stack)
+            ctx = await start_sim_services(ctx, stack)
         runtime = build_runtime(ctx)
         try:
             await runtime.poll_all_once()

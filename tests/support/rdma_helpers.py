@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvscope.app import build_context, collect_once
+from conftest import collect_sim_once, context_of
 from kvscope.cli import main
 from kvscope.config import load
 from kvscope.sim.node import SimNode
@@ -78,5 +78,5 @@ def node_for(scenario: str, clock: Clock, fault_delay: float = 0.0) -> SimNode:
 async def scrape(node: SimNode, **overrides: object) -> dict[str, list[tuple[dict[str, str],
                                                                               float]]]:
     config = load(None, {"collectors.gpu.enabled": False, **overrides})
-    ctx = build_context(config, oneshot=True, sim_node=node)
-    return samples((await collect_once(ctx)).decode())
+    ctx = context_of(config, oneshot=True, sim_node=node)
+    return samples((await collect_sim_once(ctx)).decode())

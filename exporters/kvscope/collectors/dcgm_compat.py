@@ -32,8 +32,8 @@ Every name carries how sure we are of it (`status`):
 Only DCGM_* families change with the generation. kvscope_* families keep their names, units and
 label keys (``Hostname``, ``DCGM_FI_DRIVER_VERSION``) under every generation, so kvscope's own
 rules and dashboards work whatever a fleet chose. The facts and their sources are recorded in
-tests/fixtures/dcgm/ (default-counters-*.csv), which tests/unit/collectors/test_dcgm_generations.py checks
-this table against.
+tests/fixtures/dcgm/ (default-counters-*.csv), which
+tests/unit/collectors/test_dcgm_generations.py checks this table against.
 """
 
 from __future__ import annotations

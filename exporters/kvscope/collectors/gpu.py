@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client.core import Metric
 
@@ -111,12 +110,11 @@ CLOCK_EVENT_REASONS: Mapping[int, str] = {
 class GpuCollector(Collector):
     name = "gpu"
 
-    def __init__(self, ctx: NodeContext, library: Any = None,
+    def __init__(self, ctx: NodeContext,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._ctx = ctx
         self._monotonic = monotonic
         self._cfg = ctx.config.collectors.gpu
-        self._library = library
         self._source: NvmlSource | None = None
         self._unavailable: str | None = None
         self._identities: tuple[GpuIdentity, ...] = ()
@@ -190,7 +188,7 @@ class GpuCollector(Collector):
     async def _poll_static(self, pool: Pool) -> Sequence[Metric]:
         if self._source is None:
             try:
-                lib = self._library if self._library is not None else self._ctx.nvml_library()
+                lib = self._ctx.backends.nvml.library()
                 self._source = NvmlSource(lib, gpm=self._cfg.gpm,
                                           min_gpm_window=self._cfg.min_gpm_window,
                                           monotonic=self._monotonic)
@@ -237,7 +235,7 @@ class GpuCollector(Collector):
         """kvscope_* identity labels, or with `dcgm` those of the selected dcgm-exporter
         release (the same under the default compat)."""
         return gpu_identity_labels(self._ctx.config, gpu, self._driver,
-                                   self._ctx.gpu_pods.get(gpu.uuid), dcgm=dcgm)
+                                   self._ctx.shared.pods.pod_of(gpu.uuid), dcgm=dcgm)
 
     # ---- families ------------------------------------------------------------------------
 
@@ -245,8 +243,8 @@ class GpuCollector(Collector):
         """dcgm-exporter's labels of a GPU-instance series: the parent GPU's identity, then
         GPU_I_PROFILE and GPU_I_ID; the pod is the one holding this MIG device (kubelet device
         id MIG-<uuid>, or MIG-GPU-<parent uuid>/<gi>/<ci> from old drivers)."""
-        pods = self._ctx.gpu_pods
-        pod = pods.get(instance.uuid) or pods.get(
+        pods = self._ctx.shared.pods
+        pod = pods.pod_of(instance.uuid) or pods.pod_of(
             f"{instance.parent.uuid}/{instance.gpu_instance_id}")
         labels = gpu_identity_labels(self._ctx.config, instance.parent, self._driver, pod,
                                      dcgm=True)

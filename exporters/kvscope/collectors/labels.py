@@ -40,13 +40,20 @@ def gpu_identity_labels(config: Config, gpu: GpuIdentity, driver: str,
     return labels
 
 
+def gpu_labels(config: Config, gpu: GpuIdentity) -> dict[str, str]:
+    """Compact identity for kvscope_* per-GPU and per-link families (NVLink, topology)."""
+    return {"gpu": str(gpu.index), "UUID": gpu.uuid,
+            hostname_key(config, dcgm=False): config.node_name}
+
+
 MIG_PREFIX = "MIG-"
 
 
 def mig_device_key(device_id: str) -> str | None:
-    """The key a MIG device id is filed under in `gpu_pods`: the MIG UUID itself (drivers R470
-    and later give each MIG device one), or `<parent GPU UUID>/<GPU instance id>` for the old
-    `MIG-GPU-<uuid>/<gi>/<ci>` form. The GPU collector looks an instance up under both."""
+    """The key a MIG device id is filed under in the pod attribution (collectors/shared.py):
+    the MIG UUID itself (drivers R470 and later give each MIG device one), or
+    `<parent GPU UUID>/<GPU instance id>` for the old `MIG-GPU-<uuid>/<gi>/<ci>` form. The GPU
+    collector looks an instance up under both."""
     if not device_id.startswith(MIG_PREFIX):
         return None
     rest = device_id[len(MIG_PREFIX):]

@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from prometheus_client.core import Metric
 
 from kvscope.collectors.base import Collector, PollResult, Pool, Schedule, Tier
 from kvscope.collectors.dcgm_compat import field as dcgm_field
-from kvscope.collectors.labels import gpu_identity_labels, hostname_key
+from kvscope.collectors.labels import gpu_identity_labels, gpu_labels
 from kvscope.context import NodeContext
 from kvscope.render.families import Family, counter, gauge, info, non_empty
 from kvscope.sources.nvml import GpuIdentity, NvmlUnavailable
@@ -46,23 +45,17 @@ def dcgm_labels(ctx: NodeContext, gpu: GpuIdentity, driver: str, *,
                 dcgm: bool = False) -> dict[str, str]:
     """The label set of dcgm-exporter's GPU series (same as the GPU collector's); with `dcgm`
     the keys of the selected dcgm-exporter release (collectors/labels.py)."""
-    return gpu_identity_labels(ctx.config, gpu, driver, ctx.gpu_pods.get(gpu.uuid), dcgm=dcgm)
-
-
-def gpu_labels(ctx: NodeContext, gpu: GpuIdentity) -> dict[str, str]:
-    """Compact identity for kvscope_* per-GPU and per-link families."""
-    return {"gpu": str(gpu.index), "UUID": gpu.uuid,
-            hostname_key(ctx.config, dcgm=False): ctx.config.node_name}
+    return gpu_identity_labels(ctx.config, gpu, driver, ctx.shared.pods.pod_of(gpu.uuid),
+                               dcgm=dcgm)
 
 
 class NvlinkCollector(Collector):
     name = "nvlink"
 
-    def __init__(self, ctx: NodeContext, library: Any = None,
+    def __init__(self, ctx: NodeContext,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._ctx = ctx
         self._cfg = ctx.config.collectors.nvlink
-        self._library = library
         self._monotonic = monotonic
         self._source: NvlinkSource | None = None
         self._unavailable: str | None = None
@@ -98,7 +91,7 @@ class NvlinkCollector(Collector):
     async def _poll_static(self, pool: Pool) -> Sequence[Metric]:
         try:
             if self._source is None:
-                lib = self._library if self._library is not None else self._ctx.nvml_library()
+                lib = self._ctx.backends.nvml.library()
                 self._source = NvlinkSource(lib)
             devices = await pool.run(self._source.open)
             self._driver = str(await pool.run(self._driver_version))
@@ -118,7 +111,7 @@ class NvlinkCollector(Collector):
         links = gauge("kvscope_nvlink_links", "NVLinks NVML reports on the GPU.")
         per_link = self._cfg.per_link
         for dev in devices:
-            labels = gpu_labels(self._ctx, dev.identity)
+            labels = gpu_labels(self._ctx.config, dev.identity)
             if dev.links:
                 links.add(labels, len(dev.links))
             seen: set[tuple[str, str]] = set()
@@ -156,7 +149,7 @@ class NvlinkCollector(Collector):
                        "NVLinks of the GPU that are active (NVML NvLinkState); fewer than "
                        "kvscope_nvlink_links means a link is down.")
         for state in states:
-            labels = gpu_labels(self._ctx, state.gpu)
+            labels = gpu_labels(self._ctx.config, state.gpu)
             if state.states:
                 active.add(labels, sum(1 for on in state.states.values() if on))
             if self._cfg.per_link:
@@ -191,7 +184,7 @@ class NvlinkCollector(Collector):
                                             (reading.tx_bytes + reading.rx_bytes) / KIB)
                 bandwidth.add(dcgm_labels(self._ctx, gpu, self._driver, dcgm=True),
                               entry.convert(compat, kib_per_s))
-            labels = gpu_labels(self._ctx, gpu)
+            labels = gpu_labels(self._ctx.config, gpu)
             for link, (ltx, lrx) in sorted(reading.per_link.items()):
                 if ltx is not None:
                     link_tx.add({**labels, "link": str(link)}, ltx)
@@ -220,7 +213,7 @@ class NvlinkCollector(Collector):
                          "nvmlDeviceGetNvLinkErrorCounter when "
                          "collectors.nvlink.data_error_counters is on.")
         for reading in readings:
-            labels = gpu_labels(self._ctx, reading.gpu)
+            labels = gpu_labels(self._ctx.config, reading.gpu)
             if self._cfg.per_link:
                 for (link, kind), value in sorted(reading.counts.items()):
                     errors.add({**labels, "link": str(link), "error": kind}, value)

@@ -2,9 +2,10 @@
 
 The names are a contract: they are the `--collector.<name>` flags, the config keys under
 `collectors:` and the `collector` label of kvscope_collector_up. The order is the poll order
-(topology before the collectors whose series it labels). `self` (the agent's own process
-metrics) is registered like the others but has no config section and no flag: the agent always
-reports its own cost.
+(topology before the collectors whose series it labels); what collectors share goes through the
+typed services of collectors/shared.py, not through each other's modules. `self` (the agent's
+own process metrics) is registered like the others but has no config section and no flag: the
+agent always reports its own cost.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the registry is imported by config.py, which NodeContext imports
     from kvscope.collectors.base import Collector
+    from kvscope.config import Config
     from kvscope.context import NodeContext
 
 Factory = Callable[["NodeContext"], "Collector"]
@@ -31,7 +33,7 @@ class Registration:
 def _gpu(ctx: NodeContext) -> Collector:
     from kvscope.collectors.gpu import GpuCollector
 
-    return GpuCollector(ctx, library=ctx.nvml)
+    return GpuCollector(ctx)
 
 
 def _nvlink(ctx: NodeContext) -> Collector:
@@ -49,8 +51,7 @@ def _topology(ctx: NodeContext) -> Collector:
 def _rdma(ctx: NodeContext) -> Collector:
     from kvscope.collectors.rdma import RdmaCollector
 
-    rdma = getattr(ctx.sim, "rdma", None)  # the simulated node brings its pyverbs fake
-    return RdmaCollector(ctx, verbs_lib=rdma.verbs() if rdma is not None else None)
+    return RdmaCollector(ctx, verbs_lib=ctx.backends.verbs)
 
 
 def _engines(ctx: NodeContext) -> Collector:
@@ -78,13 +79,18 @@ REGISTRY: tuple[Registration, ...] = (
 CONFIGURABLE: tuple[str, ...] = tuple(r.name for r in REGISTRY if r.configurable)
 
 
-def enabled(ctx: NodeContext, registration: Registration) -> bool:
+def enabled(config: Config, registration: Registration) -> bool:
     if not registration.configurable:
         return registration.default_enabled
-    section = getattr(ctx.config.collectors, registration.name)
+    section = getattr(config.collectors, registration.name)
     return bool(section.enabled)
+
+
+def enabled_names(config: Config) -> frozenset[str]:
+    """The configurable collectors this configuration switches on."""
+    return frozenset(r.name for r in REGISTRY if r.configurable and enabled(config, r))
 
 
 def build(ctx: NodeContext) -> list[Collector]:
     """Every enabled collector, in poll order."""
-    return [r.factory(ctx) for r in REGISTRY if enabled(ctx, r)]
+    return [r.factory(ctx) for r in REGISTRY if enabled(ctx.config, r)]

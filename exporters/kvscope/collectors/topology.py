@@ -2,13 +2,14 @@
 
 Tiers:
 
-* static (default 300 s): the GPU-to-GPU matrix from NVML (sets `ctx.topology`), CPU and NUMA
+* static (default 300 s): the GPU-to-GPU matrix from NVML (published on the shared
+  TopologyBoard), CPU and NUMA
   affinity, GPU-to-RDMA-NIC affinity from sysfs, the node's network placement (node labels, or
   Volcano HyperNodes). It also takes a first pod reading, so the GPU collector's first fast poll
   already carries pod labels.
-* slow (default 30 s): pod attribution from the kubelet's pod-resources socket (sets
-  `ctx.gpu_pods`), pod metadata from the Kubernetes API, and the PD path analysis. Never per
-  scrape.
+* slow (default 30 s): pod attribution from the kubelet's pod-resources socket (the one
+  writer of the shared PodAttribution, collectors/shared.py), pod metadata from the Kubernetes
+  API, and the PD path analysis. Never per scrape.
 
 Without a kubelet socket pod attribution is off (said once at info level; the socket is looked
 for again on every refresh). Without an API server (not in a cluster, no URL) pods keep their
@@ -21,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from prometheus_client.core import Metric
 
@@ -35,8 +35,7 @@ from kvscope.analysis.pd_paths import (
     pd_pairs,
 )
 from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
-from kvscope.collectors.labels import mig_device_pods
-from kvscope.collectors.nvlink import gpu_labels
+from kvscope.collectors.labels import gpu_labels, mig_device_pods
 from kvscope.context import NodeContext
 from kvscope.parsers.hypernodes import parse_hypernodes, switch_chain
 from kvscope.parsers.kube import node_labels
@@ -75,10 +74,9 @@ def _env_kind(value: str | None) -> str:
 class TopologyCollector(Collector):
     name = "topology"
 
-    def __init__(self, ctx: NodeContext, library: Any = None) -> None:
+    def __init__(self, ctx: NodeContext) -> None:
         self._ctx = ctx
         self._cfg = ctx.config.collectors.topology
-        self._library = library
         self._source: NvlinkSource | None = None
         self._devices: list[Device] = []
         self._pairs: list[PairPath] = []
@@ -116,7 +114,7 @@ class TopologyCollector(Collector):
             assert self._source is not None
             states = await pool.run(self._source.states)
             self._pairs = await pool.run(read_pairs, self._source.lib, self._devices, states)
-            self._ctx.topology = node_topology(self._devices, self._pairs)
+            self._ctx.shared.board.publish(node_topology(self._devices, self._pairs))
             affinity = await pool.run(read_affinity, self._source.lib, self._devices,
                                       os.cpu_count() or 1)
             places = await pool.run(self._pci_places)
@@ -129,7 +127,7 @@ class TopologyCollector(Collector):
     async def _read_gpus(self, pool: Pool) -> list[Device]:
         try:
             if self._source is None:
-                lib = self._library if self._library is not None else self._ctx.nvml_library()
+                lib = self._ctx.backends.nvml.library()
                 self._source = NvlinkSource(lib)
             return await pool.run(self._source.open)
         except NvmlUnavailable as exc:
@@ -155,7 +153,7 @@ class TopologyCollector(Collector):
             a, b = by_index.get(pair.a), by_index.get(pair.b)
             if link is None or a is None or b is None:
                 continue
-            matrix.add({**gpu_labels(self._ctx, a), "peer_gpu": str(b.index),
+            matrix.add({**gpu_labels(self._ctx.config, a), "peer_gpu": str(b.index),
                         "peer_UUID": b.uuid, "link_type": link.label,
                         "nvlinks": str(pair.nvlinks),
                         "pcie": pair.pcie.value if pair.pcie is not None else "",
@@ -165,7 +163,7 @@ class TopologyCollector(Collector):
                     "NVML CpuAffinity, NumaNodeId.")
         for item in affinity:
             if item.cpus or item.numa_node is not None:
-                cpus.add({**gpu_labels(self._ctx, item.gpu), "cpus": cpu_ranges(item.cpus),
+                cpus.add({**gpu_labels(self._ctx.config, item.gpu), "cpus": cpu_ranges(item.cpus),
                           "numa_node": "" if item.numa_node is None else str(item.numa_node)},
                          1)
         return non_empty(matrix, cpus)
@@ -180,7 +178,7 @@ class TopologyCollector(Collector):
             if place is None:
                 continue
             for nic in nics:
-                family.add({**gpu_labels(self._ctx, dev.identity), "nic": nic.name,
+                family.add({**gpu_labels(self._ctx.config, dev.identity), "nic": nic.name,
                             "nic_pci_bus_id": nic.place.bus_id,
                             "path": relation(place, nic.place).value}, 1)
         return non_empty(family)
@@ -278,7 +276,7 @@ class TopologyCollector(Collector):
         if not await pool.run(client.available):
             self._say_attribution(False)
             self.containers, self.pairs = [], []
-            self._ctx.gpu_pods = {}
+            self._publish({})
             return []
         self._say_attribution(True)
         try:
@@ -290,7 +288,7 @@ class TopologyCollector(Collector):
         # Whatever the API says, the kubelet's answer labels the GPU series.
         plain = gpu_containers(allocation, None, gpus, self._ctx.config.pd)
         # MIG devices (MIG-<uuid>) label the GPU-instance series (collectors/labels.py).
-        self._ctx.gpu_pods = {**gpu_pod_labels(plain, gpus), **mig_device_pods(devices)}
+        self._ctx.shared.pods.publish({**gpu_pod_labels(plain, gpus), **mig_device_pods(devices)})
         errors: list[CollectorError] = []
         try:
             metas = await self._pod_metas()
@@ -298,8 +296,13 @@ class TopologyCollector(Collector):
             metas, errors = None, [exc]
         self.containers = gpu_containers(allocation, metas, gpus, self._ctx.config.pd)
         p2p = {(p.a, p.b): p.nvlink_p2p for p in self._pairs if p.nvlink_p2p is not None}
-        self.pairs = pd_pairs(self.containers, self._ctx.topology, p2p)
+        self.pairs = pd_pairs(self.containers, self._ctx.shared.board.topology, p2p)
+        self._ctx.shared.pods.publish_analysis(self.containers, self.pairs)
         return errors
+
+    def _publish(self, by_device: dict[str, dict[str, str]]) -> None:
+        self._ctx.shared.pods.publish(by_device)
+        self._ctx.shared.pods.publish_analysis(self.containers, self.pairs)
 
     async def _poll_pods(self, pool: Pool) -> PollResult:
         errors = await self._refresh_pods(pool)
@@ -325,7 +328,7 @@ class TopologyCollector(Collector):
                 gpu = by_index.get(index)
                 if gpu is not None:
                     pods.add({**base, "role": c.role, "pd_group": c.pd_group,
-                              **gpu_labels(self._ctx, gpu)}, 1)
+                              **gpu_labels(self._ctx.config, gpu)}, 1)
             if c.privileged is not None:
                 visibility.add({**base, "privileged": _bool(c.privileged),
                                 "host_ipc": _bool(c.host_ipc),

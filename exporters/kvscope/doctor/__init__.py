@@ -16,18 +16,18 @@ read is exit 2 with one line on stderr (as a configuration error).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kvscope.collectors.shared import PdAnalysis
 from kvscope.config import Config, set_dotted
 from kvscope.context import NodeContext
 
 if TYPE_CHECKING:
-    from kvscope.analysis.pd_paths import GpuContainer, PdPair
     from kvscope.runtime import Runtime
 
 Labels = Mapping[str, str]
@@ -51,14 +51,6 @@ class Section:
     title: str
     lines: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class PdAnalysis:
-    """The topology collector's view of containers and PD pairs (local runs only)."""
-
-    containers: tuple[GpuContainer, ...]
-    pairs: tuple[PdPair, ...]
 
 
 @dataclass
@@ -140,17 +132,15 @@ def render(sections: list[Section], node_name: str, source: str = LOCAL) -> str:
 
 
 def local_snapshot(ctx: NodeContext, runtime: Runtime) -> Snapshot:
-    """The snapshot of a runtime that has just polled (this node, or a simulated one)."""
-    from kvscope.collectors.topology import TopologyCollector
-
+    """The snapshot of a runtime that has just polled (this node, or a simulated one); the PD
+    analysis comes from the shared pod attribution the topology collector writes."""
     rows = ((s.name, s.labels, s.value) for family in runtime.families()
             for s in family.samples)
     snap = Snapshot.from_samples(ctx.config, LOCAL, rows)
     snap.health = {name: {"up": bool(h["up"]), "errors": list(h["errors"])}  # type: ignore[call-overload]
                    for name, h in runtime.collector_health().items()}
-    topo = next((c for c in runtime.collectors if isinstance(c, TopologyCollector)), None)
-    if topo is not None:
-        snap.pd = PdAnalysis(tuple(topo.containers), tuple(topo.pairs))
+    if ctx.config.collectors.topology.enabled:
+        snap.pd = ctx.shared.pods.analysis() or PdAnalysis()
     return snap
 
 
@@ -181,24 +171,27 @@ def _node_from(snap: Snapshot) -> str:
     return "(unknown)"
 
 
+def doctor_config(config: Config) -> Config:
+    """The configuration the doctor polls with: a person reading the report wants every link,
+    whatever the agent exports by default."""
+    data = config.model_dump()
+    set_dotted(data, "collectors.nvlink.per_link", True)
+    return Config.model_validate(data)
+
+
 async def run(ctx: NodeContext, window: float = 0.0) -> tuple[str, int]:
     """Poll this node once (twice, `window` seconds apart, for rates) and report on it."""
-    from kvscope.app import build_runtime, start_sim_services
+    from kvscope.app import build_runtime
 
-    # A person reading the report wants every link, whatever the agent exports by default.
-    data = ctx.config.model_dump()
-    set_dotted(data, "collectors.nvlink.per_link", True)
-    ctx.config = Config.model_validate(data)
-    async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
-        runtime = build_runtime(ctx)
-        try:
+    ctx = dataclasses.replace(ctx, config=doctor_config(ctx.config))
+    runtime = build_runtime(ctx)
+    try:
+        await runtime.poll_all_once()
+        snap = local_snapshot(ctx, runtime)
+        if window > 0:
+            await asyncio.sleep(window)
             await runtime.poll_all_once()
-            snap = local_snapshot(ctx, runtime)
-            if window > 0:
-                await asyncio.sleep(window)
-                await runtime.poll_all_once()
-                snap = with_previous(local_snapshot(ctx, runtime), snap, window)
-        finally:
-            await runtime.stop()
+            snap = with_previous(local_snapshot(ctx, runtime), snap, window)
+    finally:
+        await runtime.stop()
     return await report(snap)

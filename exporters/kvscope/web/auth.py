@@ -7,8 +7,10 @@ So:
 
 - every check runs in one dedicated thread, never the default executor, so at most one core goes
   to bcrypt and the pollers and the renderer keep theirs;
-- at most `queue_limit` checks wait for that thread; a request beyond that gets 429 with
-  Retry-After instead of a queue that grows with the flood;
+- at most `queue_limit` checks wait for that thread, and at most `per_source_limit` of them
+  from one client address; a request beyond either gets 429 with Retry-After instead of a queue
+  that grows with the flood, so a flood from one address leaves room for a scraper logging in
+  from another;
 - a successful check is remembered (bounded, expires when unused), so a scraper pays bcrypt
   once, not on every scrape, and is answered from the cache while a flood is going on;
 - an unknown user is checked against a dummy hash of the configured users' cost, and a wrong
@@ -77,7 +79,7 @@ class BasicAuth:
 
     `checkpw` is the bcrypt seam (tests count and time the checks through it)."""
 
-    def __init__(self, users: dict[str, str], *, queue_limit: int = 4,
+    def __init__(self, users: dict[str, str], *, queue_limit: int = 8, per_source_limit: int = 1,
                  cache_size: int = 64, cache_ttl: float = 600.0,
                  checkpw: CheckPw | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -85,6 +87,8 @@ class BasicAuth:
         self._checkpw = checkpw
         self._clock = clock
         self._queue_limit = queue_limit
+        self._per_source_limit = per_source_limit
+        self._pending_by_source: dict[str, int] = {}
         self._cache_size = cache_size
         self._cache_ttl = cache_ttl
         self._verified: OrderedDict[bytes, float] = OrderedDict()  # key -> expiry
@@ -153,24 +157,32 @@ class BasicAuth:
             while len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
 
-    async def check(self, user: str, password: str) -> Verdict:
+    async def check(self, user: str, password: str, source: str = "") -> Verdict:
         """The cache, else one bcrypt check in the bcrypt thread, else BUSY when too many
-        checks already wait (so a flood is refused at once instead of queueing)."""
+        checks already wait, overall or from `source` (the client's address), so a flood is
+        refused at once instead of queueing."""
         if self.cached(user, password):
             return Verdict.OK
         if len(password.encode()) > MAX_PASSWORD_BYTES:
             return Verdict.DENIED
-        if self._pending >= self._queue_limit:
+        from_source = self._pending_by_source.get(source, 0)
+        if self._pending >= self._queue_limit or from_source >= self._per_source_limit:
             return Verdict.BUSY
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="kvscope-bcrypt")
         self._pending += 1
+        self._pending_by_source[source] = from_source + 1
         try:
             loop = asyncio.get_running_loop()
             ok = await loop.run_in_executor(self._pool, self.verify, user, password)
         finally:
             self._pending -= 1
+            left = self._pending_by_source[source] - 1
+            if left:
+                self._pending_by_source[source] = left
+            else:
+                del self._pending_by_source[source]
         return Verdict.OK if ok else Verdict.DENIED
 
     def close(self) -> None:

@@ -120,7 +120,7 @@ def basic_auth_middleware(auth: BasicAuth, excluded: frozenset[str]) -> Middlewa
             sep = ""
         if scheme.lower() != "basic" or not sep:
             return web.Response(status=401, text="Unauthorized\n", headers=challenge)
-        verdict = await auth.check(user, password)
+        verdict = await auth.check(user, password, request.remote or "")
         if verdict is Verdict.BUSY:
             return web.Response(status=429, text="Too many authentication attempts\n",
                                 headers={"Retry-After": "1"})

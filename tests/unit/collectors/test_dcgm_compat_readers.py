@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FrozenClock, sim_context
-from kvscope import doctor
+from conftest import FrozenClock, doctor_run, sim_context
 from kvscope.app import build_runtime
 from kvscope.collectors.dcgm_compat import names_in_48_units
 from kvscope.web import status_page
@@ -18,7 +17,7 @@ def _gpu_lines(report: str) -> str:
 
 async def _doctor(compat: str) -> str:
     ctx = sim_context("oom-risk", clock=FrozenClock(), overrides={"dcgm.compat": compat})
-    report, _ = await doctor.run(ctx)
+    report, _ = await doctor_run(ctx)
     return _gpu_lines(report)
 
 

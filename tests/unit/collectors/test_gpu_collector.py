@@ -136,7 +136,7 @@ async def test_nvml_without_gpus_is_a_collector_down_not_an_empty_success() -> N
 async def test_gpm_ratios_need_a_real_window() -> None:
     clock = FrozenClock()
     ctx = sim_context("gpu0-hotspot", clock=clock)
-    collector = GpuCollector(ctx, library=ctx.nvml, monotonic=clock)
+    collector = GpuCollector(ctx, monotonic=clock)
     runtime = Runtime([collector], clock=clock)
     await runtime.poll_once(collector, Tier.STATIC)
     await runtime.poll_once(collector, Tier.FAST)
@@ -179,8 +179,8 @@ async def test_hostname_label_key_and_driver_label_configurable() -> None:
 async def test_pod_labels_from_attribution() -> None:
     ctx = sim_context("healthy")
     uuid = ctx.sim.gpus[1].uuid
-    ctx.gpu_pods = {uuid: {"pod": "sglang-prefill-0", "namespace": "inference",
-                           "container": "sglang"}}
+    ctx.shared.pods.publish({uuid: {"pod": "sglang-prefill-0", "namespace": "inference",
+                                    "container": "sglang"}})
     metrics = await collect(ctx)
     labels = next(lb for lb, _ in metrics["DCGM_FI_DEV_GPU_UTIL"] if lb["gpu"] == "1")
     assert (labels["pod"], labels["namespace"], labels["container"]) == \

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from conftest import FrozenClock, parse, sim_context
-from kvscope.app import build_runtime, start_sim_services
+from conftest import FrozenClock, parse, sim_context, start_sim_services
+from kvscope.app import build_runtime
 from kvscope.collectors.labels import mig_device_key, mig_device_pods
 from kvscope.sim.mig import GPU_INSTANCE_IDS, MIG_GPU, PROFILE_MEMORY_MIB
 from kvscope.sources.pod_resources import ContainerDevices
@@ -20,7 +20,7 @@ async def collect_mig(compat: str = "4.8") -> Samples:
         "collectors.topology.enabled": True, "collectors.gpu.min_gpm_window": 1e-6,
         "dcgm.compat": compat})
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         runtime = build_runtime(ctx)
         await runtime.poll_all_once()
         await runtime.poll_all_once()

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from kvscope.app import build_context, build_runtime
+from conftest import context_of
+from kvscope.app import build_runtime
 from kvscope.collectors.rdma_schema import EADM_NAMES
 from kvscope.config import ConfigError, load
 from kvscope.parsers.eadm import parse_stat
@@ -113,7 +114,7 @@ async def test_a_value_that_stays_bad_counts_once_not_every_poll(tmp_path: Path)
     port.mkdir(parents=True)
     (port / "state").write_text("1: DOWN\n")
     (port / "rate").write_text("0 GB/sec\n")
-    ctx = build_context(load(None, {"paths.sysfs": str(tree), "collectors.gpu.enabled": False,
+    ctx = context_of(load(None, {"paths.sysfs": str(tree), "collectors.gpu.enabled": False,
                                     "collectors.rdma.eadm_path": None}), oneshot=True)
     runtime = build_runtime(ctx)
     try:

@@ -7,9 +7,11 @@ reason, instead of dropping the pods with the roles.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AsyncExitStack
 
-from kvscope.app import build_runtime, start_sim_services
+from conftest import start_sim_services
+from kvscope.app import build_runtime
 from kvscope.config import Config, set_dotted
 from nvlink_support import context, samples, sim_node
 
@@ -19,10 +21,10 @@ DEAD_API = "http://127.0.0.1:9"  # loopback discard port: nothing listens, conne
 async def test_dead_api_keeps_the_kubelets_pods_and_marks_the_tier_down() -> None:
     ctx = context(sim_node("healthy"))
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)  # fake kubelet and fake API server
+        ctx = await start_sim_services(ctx, stack)  # fake kubelet and fake API server
         data = ctx.config.model_dump()
         set_dotted(data, "kubernetes.api_url", DEAD_API)  # then the API server goes away
-        ctx.config = Config.model_validate(data)
+        ctx = dataclasses.replace(ctx, config=Config.model_validate(data))
         runtime = build_runtime(ctx)
         try:
             await runtime.poll_all_once()

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import collector_up
-from kvscope import doctor
-from kvscope.app import build_context
+from conftest import collector_up, context_of, doctor_run
 from kvscope.config import Config
 from nvlink_support import collect, samples, sim_node
 
@@ -47,8 +45,9 @@ async def test_healthy_node_pair_can_use_nvlink_and_gpu_series_carry_pods() -> N
     assert ("0", "prefill", "sglang-prefill-0") in roles and len(roles) == 8
     up = {lb["gpu"]: lb for lb, _ in samples(families, "kvscope_gpu_up")}
     assert up["5"]["pod"] == "sglang-decode-0" and up["5"]["namespace"] == "inference"
-    assert len(ctx.gpu_pods) == 8
-    assert ctx.topology is not None and ctx.topology.link(0, 7).label == "NV18"
+    assert len(ctx.shared.pods.snapshot()) == 8
+    topology = ctx.shared.board.topology
+    assert topology is not None and topology.link(0, 7).label == "NV18"
     matrix = samples(families, "kvscope_gpu_p2p_link_info")
     assert len(matrix) == 56
     assert {(lb["link_type"], lb["nvlinks"], lb["nvlink_p2p"]) for lb, _ in matrix} == {
@@ -83,7 +82,7 @@ async def test_no_kubelet_socket_means_attribution_off_said_once(
     assert "pod" not in samples(families, "kvscope_gpu_up")[0][0]
     said = [r for r in caplog.records if "attribution off" in r.getMessage()]
     assert len(said) == 1  # static and slow polls both looked; it was said once
-    assert ctx.gpu_pods == {}
+    assert ctx.shared.pods.snapshot() == {}
     up = collector_up(samples(families, "kvscope_collector_up"))
     assert up["topology"] == 1.0  # absent socket is not a failure
 
@@ -128,8 +127,8 @@ def _doctor(scenario: str) -> tuple[str, int]:
     import asyncio
 
     config = Config.model_validate({"scenario": scenario, "node_name": "sim-node-0"})
-    ctx = build_context(config, oneshot=True, latency_scale=0.0)
-    return asyncio.run(doctor.run(ctx))
+    ctx = context_of(config, oneshot=True, latency_scale=0.0)
+    return asyncio.run(doctor_run(ctx))
 
 
 def test_doctor_flags_the_nvlink_bypass_as_critical() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FrozenClock, sim_context
-from kvscope.app import build_runtime, start_sim_services
+from conftest import FrozenClock, sim_context, start_sim_services
+from kvscope.app import build_runtime
 from kvscope.sim.scenarios import all_scenarios
 
 REPO = Path(__file__).resolve().parents[3]
@@ -42,7 +42,7 @@ async def _export(scenario: str) -> set[str]:
     ctx = sim_context(scenario, clock=clock, overrides={
         f"collectors.{c}.enabled": True for c in ("nvlink", "topology", "rdma", "engines")})
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)  # fake sysfs, eadm, kubelet, API, engines
+        ctx = await start_sim_services(ctx, stack)  # fake sysfs, eadm, kubelet, API, engines
         runtime = build_runtime(ctx)
         await runtime.poll_all_once()
         clock.advance(5)

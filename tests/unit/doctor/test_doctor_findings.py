@@ -7,8 +7,9 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from conftest import context_of, doctor_run, start_sim_services
 from kvscope import doctor
-from kvscope.app import build_context, build_runtime, start_sim_services
+from kvscope.app import build_runtime
 from kvscope.config import load
 from kvscope.doctor import Finding, Severity, Snapshot, local_snapshot
 from kvscope.parsers.exposition import Exposition, parse
@@ -16,9 +17,9 @@ from kvscope.parsers.exposition import Exposition, parse
 
 async def _snapshots(scenario: str) -> tuple[Snapshot, Snapshot]:
     """The local snapshot and one rebuilt from the same poll's exposition text."""
-    ctx = build_context(load(None, {"scenario": scenario}), oneshot=True)
+    ctx = context_of(load(None, {"scenario": scenario}), oneshot=True)
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         runtime = build_runtime(ctx)
         try:
             await runtime.poll_all_once()
@@ -134,8 +135,8 @@ async def test_a_second_engine_behind_one_target_does_not_add_to_the_first() -> 
 
 
 async def test_window_turns_totals_into_the_current_transfer_speed() -> None:
-    ctx = build_context(load(None, {"scenario": "kv-transfer-slow"}), oneshot=True)
-    text, code = await doctor.run(ctx, window=1.0)
+    ctx = context_of(load(None, {"scenario": "kv-transfer-slow"}), oneshot=True)
+    text, code = await doctor_run(ctx, window=1.0)
     assert code == 1
     # since start the transfers averaged ~8.7 GB/s; the fault's 0.25 GB/s shows only in a window
     assert "transfers ran at 0.25 GB/s (over the last 1 s)" in text

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.core import Metric
 
+from conftest import sim_context_for, start_sim_services
 from engines_helpers import P, find, samples_of
-from kvscope.app import start_sim_services
 from kvscope.cli import main
 from kvscope.collectors.base import Tier
 from kvscope.collectors.engines import EnginesCollector, targets_from_pods
@@ -71,9 +71,9 @@ async def _two_polls(scenario: str, gap: float = 60.0) -> tuple[list[Any], list[
     clock = Clock()
     node = build_scenario(scenario, SimOptions(fault_delay=0.0, clock=clock, latency_scale=0))
     config = load(None, {"scenario": scenario, "node_name": "sim-node-0"})
-    ctx = NodeContext(config=config, sim=node)
+    ctx = sim_context_for(config, node, oneshot=False)
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         collector = EnginesCollector(ctx)
         first = samples_of(render_text(await families_of(collector, "a"))
                            .decode())
@@ -140,8 +140,8 @@ async def test_every_fake_engine_variant_is_read(variant: str) -> None:
     ctx = NodeContext(config=config)
     async with AsyncExitStack() as stack:
         url = await start_engine(fake, node, stack)
-        ctx.config = load(None, {"collectors.engines.discovery": False,
-                                 "collectors.engines.targets": [{"url": url}]})
+        ctx = NodeContext(config=load(None, {"collectors.engines.discovery": False,
+                                             "collectors.engines.targets": [{"url": url}]}))
         collector = EnginesCollector(ctx)
         samples = samples_of(render_text(await families_of(collector, "v"))
                              .decode())
@@ -241,11 +241,11 @@ async def test_without_a_kubernetes_api_only_static_targets_are_scraped(
 async def test_discovery_failure_keeps_known_targets() -> None:
     clock = Clock()
     node = build_scenario("healthy", SimOptions(clock=clock, latency_scale=0))
-    ctx = NodeContext(config=load(None, {"scenario": "healthy", "node_name": "sim-node-0",
-                                         "collectors.engines.discovery_interval": 1.0}),
-                      sim=node)
+    ctx = sim_context_for(load(None, {"scenario": "healthy", "node_name": "sim-node-0",
+                                      "collectors.engines.discovery_interval": 1.0}), node,
+                          oneshot=False)
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         collector = EnginesCollector(ctx)
         await collector.poll(Tier.FAST, BlockingPool("d"))
         kube = collector._discovery._kube
@@ -322,11 +322,11 @@ async def test_refused_pods_are_exported_and_not_scraped(
     node = build_scenario("healthy", SimOptions(clock=clock, latency_scale=0))
     node.pods.append(SimPod(name="forged", namespace="inference", container="c",
                             annotations=dict(SCRAPE), pod_ip=METADATA))
-    ctx = NodeContext(config=load(None, {"scenario": "healthy", "node_name": node.hostname,
-                                         "collectors.engines.discovery_interval": 1e-3}),
-                      sim=node)
+    ctx = sim_context_for(load(None, {"scenario": "healthy", "node_name": node.hostname,
+                                      "collectors.engines.discovery_interval": 1e-3}), node,
+                          oneshot=False)
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         collector = EnginesCollector(ctx)
         families = await families_of(collector, "r")
         await families_of(collector, "r")
@@ -350,8 +350,8 @@ async def test_a_fake_engine_that_goes_down_refuses_and_comes_back() -> None:
     node = build_scenario("healthy", SimOptions(clock=clock, latency_scale=0))
     decode = sim_engines.engine(node, sim_engines.DECODE)
     decode.down_at, decode.up_at = 10.0, 20.0
-    ctx = NodeContext(config=load(None, {"scenario": "healthy", "node_name": node.hostname}),
-                      sim=node)
+    ctx = sim_context_for(load(None, {"scenario": "healthy", "node_name": node.hostname}), node,
+                          oneshot=False)
 
     async def decode_up() -> tuple[float, str]:
         samples = samples_of(render_text(await families_of(collector, "u")).decode())
@@ -361,7 +361,7 @@ async def test_a_fake_engine_that_goes_down_refuses_and_comes_back() -> None:
         return up[0]
 
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         url = decode.url
         collector = EnginesCollector(ctx)
         seen = [await decode_up()]

@@ -9,8 +9,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import kvscope.sim.rdma as sim_rdma
-from kvscope import doctor
-from kvscope.app import build_context, start_sim_services
+from conftest import context_of, doctor_run, start_sim_services
 from kvscope.config import load
 from kvscope.sources.verbs import VerbsSource
 from rdma_helpers import Clock, cli, collector_up, node_for, scrape, value
@@ -45,9 +44,9 @@ async def test_counters_advance_with_time() -> None:
 async def test_tree_is_rewritten_while_serving() -> None:
     clock = Clock()
     node = node_for("healthy", clock)
-    ctx = build_context(load(None, {"collectors.gpu.enabled": False}), sim_node=node)
+    ctx = context_of(load(None, {"collectors.gpu.enabled": False}), sim_node=node)
     async with AsyncExitStack() as stack:
-        await start_sim_services(ctx, stack)
+        ctx = await start_sim_services(ctx, stack)
         data = Path(ctx.config.paths.sysfs) / "class/infiniband/mlx5_0/ports/1/counters"
         before = int((data / "port_xmit_data").read_text())
         clock.now += 5
@@ -148,9 +147,9 @@ async def test_malformed_sim_eadm_is_counted() -> None:
 
 async def test_doctor_on_qp_failure_is_critical_with_the_fix() -> None:
     node = node_for("qp-failure", Clock())
-    ctx = build_context(load(None, {"collectors.gpu.enabled": False}), oneshot=True,
+    ctx = context_of(load(None, {"collectors.gpu.enabled": False}), oneshot=True,
                         sim_node=node)
-    report, code = await doctor.run(ctx)
+    report, code = await doctor_run(ctx)
     assert code == 1
     assert "[CRIT] QP profile dlslime-0.0.1 does not fit erdma_0: max_recv_sge 4 > 1; " \
            "probe: create QP failed with EINVAL" in report
@@ -164,7 +163,7 @@ async def test_doctor_on_throttle_explains_the_hidden_quota() -> None:
                          "collectors.rdma.qp_profiles": [
                              {"name": "mooncake", "send_sge": 4, "recv_sge": 4, "send_wr": 256,
                               "recv_wr": 256, "inline_data": 64, "clamps_to_device": True}]})
-    report, code = await doctor.run(build_context(config, oneshot=True, sim_node=node))
+    report, code = await doctor_run(context_of(config, oneshot=True, sim_node=node))
     assert code == 0  # a warning, not a critical finding
     assert "dropped by the instance's eRDMA bandwidth/packet-rate quota" in report
     assert "25 Gb/s is the vNIC's nominal speed" in report
