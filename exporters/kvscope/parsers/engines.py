@@ -787,32 +787,38 @@ def normalize(expo: Exposition, engine_hint: str | None = None,
     values: list[Value] = []
     histograms: list[Histogram] = []
     for engine in engines:
-        rules = [r for r in RULES if r.engine == engine]
-        chosen = {id(r): reader.pick(r, KINDS[r.family] == "histogram") for r in rules}
-        _align_pairs(rules, reader, chosen)
-        produced: set[Fact] = set()
-        for rule in rules:
-            index = chosen[id(rule)]
-            if index is None or rule.unless is not None:
-                continue
-            alt = rule.alternatives[index]
-            if KINDS[rule.family] == "histogram":
-                hs = _reduce_histograms(rule, reader, alt)
-                histograms.extend(hs)
-                produced |= {h.family for h in hs}
-            else:
-                for labels, value in _reduce_values(rule, reader, alt).items():
-                    values.append(Value(rule.family, engine, labels, value, rule.hold))
-                    produced.add(rule.family)
-        for rule in rules:  # gauges that stand in for counters the engine lacks
-            index = chosen[id(rule)]
-            if index is None or rule.unless is None or rule.unless in produced:
-                continue
-            for labels, value in _reduce_values(rule, reader, rule.alternatives[index]).items():
-                values.append(Value(rule.family, engine, labels, value))
+        _apply_engine(engine, reader, values, histograms)
     return Normalized(engines, _payload_role(expo), _payload_model(expo, engines),
                       tuple(values), tuple(histograms),
                       {e: _variant(e, expo.names) for e in engines})
+
+
+def _apply_engine(engine: str, reader: _Reader, values: list[Value],
+                  histograms: list[Histogram]) -> None:
+    """One engine's rules on the payload: its records appended to `values` and `histograms`."""
+    rules = [r for r in RULES if r.engine == engine]
+    chosen = {id(r): reader.pick(r, KINDS[r.family] == "histogram") for r in rules}
+    _align_pairs(rules, reader, chosen)
+    produced: set[Fact] = set()
+    for rule in rules:
+        index = chosen[id(rule)]
+        if index is None or rule.unless is not None:
+            continue
+        alt = rule.alternatives[index]
+        if KINDS[rule.family] == "histogram":
+            hs = _reduce_histograms(rule, reader, alt)
+            histograms.extend(hs)
+            produced |= {h.family for h in hs}
+        else:
+            for labels, value in _reduce_values(rule, reader, alt).items():
+                values.append(Value(rule.family, engine, labels, value, rule.hold))
+                produced.add(rule.family)
+    for rule in rules:  # gauges that stand in for counters the engine lacks
+        index = chosen[id(rule)]
+        if index is None or rule.unless is None or rule.unless in produced:
+            continue
+        for labels, value in _reduce_values(rule, reader, rule.alternatives[index]).items():
+            values.append(Value(rule.family, engine, labels, value))
 
 
 def _align_pairs(rules: list[Rule], reader: _Reader, chosen: dict[int, int | None]) -> None:

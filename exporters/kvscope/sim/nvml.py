@@ -26,8 +26,10 @@ from kvscope.sim.node import MIB, SimGpu, SimMig, SimNode
 P = ParamSpec("P")
 R = TypeVar("R")
 
+UNINITIALIZED = 1
 NOT_SUPPORTED = 3
 NOT_FOUND = 6
+DRIVER_NOT_LOADED = 9
 TIMEOUT = 10
 LIBRARY_NOT_FOUND = 12
 GPU_IS_LOST = 15
@@ -142,6 +144,10 @@ class FakeNvml:
         self._delivered_xids: set[int] = set()
         self._registered: set[str] = set()
         self.initialised = False
+        self._initialised_at: float | None = None  # node elapsed seconds of the last nvmlInit
+        # Latency the model asked for, summed: what a test of the model checks, since wall time
+        # on a loaded machine also counts every other process.
+        self.modelled_seconds = 0.0
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -165,23 +171,45 @@ class FakeNvml:
         else:
             time.sleep(seconds)
 
+    def _spend(self, latency: float) -> None:
+        """Spend one call's modelled latency. NVML serialises calls inside the process (2 x H200:
+        p99 23 ms at one scraper, 136 ms at eight), so it is spent holding one process-wide lock."""
+        with self._lock:
+            self.modelled_seconds += latency
+        with self._serial:
+            self._wait(latency)
+
     def _enter(self, name: str, handle: SimHandle | None) -> None:
         with self._lock:
             self.calls[name] += 1
         if self.node.library_missing:
             raise NVMLError(LIBRARY_NOT_FOUND)
+        self._check_driver(name)
         if name in self.node.slow_calls:
-            time.sleep(self.node.slow_calls[name])
-        # NVML serialises calls inside the process (2 x H200: p99 23 ms at one scraper, 136 ms at
-        # eight), so the modelled latency is spent holding one process-wide lock.
-        with self._serial:
-            self._wait(self._latency(name))
+            # A hung call holds the process-wide lock: a wedged driver blocks every NVML caller
+            # of the process, not only the one that hung.
+            with self._serial:
+                time.sleep(self.node.slow_calls[name])
+        self._spend(self._latency(name))
         if handle is not None and self.node.is_lost(handle.gpu):
             raise NVMLError(GPU_IS_LOST)
         if name in self.node.not_supported:
             raise NVMLError(NOT_SUPPORTED)
         if name in self.node.failing_calls:  # a driver call that keeps failing (not "absent")
             raise NVMLError(self.node.failing_calls[name])
+
+    def _check_driver(self, name: str) -> None:
+        """The driver-reload fault: unloaded in the node's window; after it, the session that
+        was open before is dead until nvmlInit runs again."""
+        window = self.node.driver_reload
+        if window is None:
+            return
+        if self.node.driver_gone():
+            raise NVMLError(DRIVER_NOT_LOADED)
+        reloaded = self.node.elapsed() >= window[1]
+        stale = self._initialised_at is None or self._initialised_at < window[1]
+        if reloaded and stale and name not in ("nvmlInit", "nvmlShutdown"):
+            raise NVMLError(UNINITIALIZED)
 
     @property
     def total_calls(self) -> int:
@@ -192,6 +220,7 @@ class FakeNvml:
     @_nvml_call
     def nvmlInit(self) -> None:
         self.initialised = True
+        self._initialised_at = self.node.elapsed()
 
     @_nvml_call
     def nvmlShutdown(self) -> None:
@@ -501,8 +530,7 @@ class FakeNvml:
         out = []
         for spec in field_ids:
             field_id, scope_id = spec if isinstance(spec, tuple) else (spec, 0)
-            with self._serial:
-                self._wait(self._latency_field(field_id, scope_id))
+            self._spend(self._latency_field(field_id, scope_id))
             ret, value = self._field_value(h.gpu, field_id, scope_id)
             is_double = isinstance(value, float)
             out.append(SimpleNamespace(

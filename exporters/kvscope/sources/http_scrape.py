@@ -135,6 +135,6 @@ def _classify(exc: BaseException, time_limit: float) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError
                   | aiohttp.ClientOSError):
         return "reset", f"connection lost: {exc}"
-    if isinstance(exc, ValueError | aiohttp.InvalidURL):
-        return "url", f"unusable URL: {type(exc).__name__}"
+    if isinstance(exc, ValueError):  # aiohttp.InvalidURL and friends: the URL, not the peer
+        return "http", f"unusable URL: {type(exc).__name__}"
     return "http", f"{type(exc).__name__}: {exc}"

@@ -94,3 +94,20 @@ async def test_a_target_with_churning_labels_keeps_the_agent_bounded(
     # (unbounded, 20 more scrapes of 1,200 never-seen series each grew it by ~25 MiB).
     early, late = max(memory[10:20]), max(memory[30:40])
     assert late < early + (1 << 20), f"{early / 2**20:.1f} -> {late / 2**20:.1f} MiB"
+
+
+async def test_a_vanished_target_takes_its_state_with_it(
+        churning: tuple[Churning, str]) -> None:
+    from kvscope.collectors.engines import Target
+
+    _, url = churning
+    collector = EnginesCollector(NodeContext(config=load(None, {
+        "collectors.engines.discovery": False})))
+    pool = BlockingPool("v")
+    collector._discovery.targets = [Target(url, pod="p", namespace="ns", source="discovered")]
+    await collector.poll(Tier.FAST, pool)
+    assert len(collector._states[url].cache) > 0
+    collector._discovery.targets = []  # the pod went away
+    await collector.poll(Tier.FAST, pool)
+    await collector.close()
+    assert collector._states == {}

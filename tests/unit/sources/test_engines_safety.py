@@ -117,3 +117,24 @@ async def test_credentials_in_a_target_url_never_reach_logs_or_labels(
         assert "pa55word" not in text and "t0ken-value" not in text
         assert "scraper" not in text
     assert find(samples_of(texts[1]), "kvscope_engine_up", reason="") == [1.0]
+
+
+async def test_an_internal_failure_logs_its_traceback_without_the_credentials(
+        upstream: Upstream, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvscope.collectors.engines import collector as engines_collector
+
+    userinfo = "scraper:pa55word"
+    url = f"http://{userinfo}@127.0.0.1:{upstream.base.rsplit(':', 1)[1]}/flaky"
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"surprise while reading {url}")
+
+    monkeypatch.setattr(engines_collector, "normalize_payload", broken)
+    collector = _collector(url)
+    samples = await _poll(collector)
+    await collector.close()
+    assert find(samples, "kvscope_engine_up", reason="internal") == [0.0]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "surprise while reading" in logged and "Traceback" in logged
+    assert "pa55word" not in logged

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 
 import aiohttp
 
@@ -106,7 +107,9 @@ class EnginesCollector(Collector):
                 return self._down(target, state, got.reason, got.message, got.duration)
             return self._read(target, state, got)
         except Exception as exc:  # one target's surprise must not cost the others their data
-            log.exception("engines: scraping %s failed", target.safe_url)
+            # The traceback is scrubbed too: an exception's text may carry the URL.
+            trace = scrub("".join(traceback.format_exception(exc)), target.url)
+            log.error("engines: scraping %s failed\n%s", target.safe_url, trace.rstrip())
             return self._down(target, state, "internal",
                               f"{target.safe_url}: {scrub(str(exc), target.url)}",
                               time.monotonic() - started)

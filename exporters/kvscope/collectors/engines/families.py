@@ -97,6 +97,11 @@ def add_series(series: SeriesBuilder, engine_info: Family, t: Target, state: Tar
 
     for engine in norm.engines:
         engine_info.add({**base(engine), "variant": norm.variants.get(engine, "")}, 1)
+    _add_records(series, state, norm, base, max_series)
+
+
+def _add_records(series: SeriesBuilder, state: TargetState, norm: Normalized,
+                 base: Callable[[str], Labels], max_series: int) -> None:
     acc, room = state.accumulator, max_series
     for v in norm.values:
         cumulative = schema.FAMILIES[v.family].kind == "counter"
