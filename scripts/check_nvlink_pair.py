@@ -72,7 +72,7 @@ class Agent:
         from kvscope.config import Config
         from kvscope.context import NodeContext
         from kvscope.runtime import BlockingPool
-        from kvscope.sources.nvml_session import NvmlSession
+        from kvscope.sources.nvml import NvmlSession
 
         # No Kubernetes API and no kubelet here: only the hardware is checked.
         config = Config.model_validate({"collectors": {"topology": {"kubernetes_api": False}}})

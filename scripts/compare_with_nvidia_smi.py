@@ -122,7 +122,7 @@ class KvscopeGpu:
         from kvscope.config import Config
         from kvscope.context import NodeContext
         from kvscope.runtime import Runtime
-        from kvscope.sources.nvml_session import NvmlSession
+        from kvscope.sources.nvml import NvmlSession
 
         backends = Backends(nvml=NvmlSession(lambda: pynvml))
         self.ctx = NodeContext(config=Config(), backends=backends, oneshot=True)

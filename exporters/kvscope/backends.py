@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvscope.config import Config, ConfigError
-from kvscope.sources.nvml_session import NvmlSession
+from kvscope.sources.nvml import NvmlSession
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ async def _with_node(config: Config, action: Callable[[NodeContext], Awaitable[T
     for as long as `action` runs), then run `action` on the agent's context."""
     from kvscope.backends import check_host_roots, host_backends
     from kvscope.context import NodeContext
+    from kvscope.sources.nvml import call_detached
 
     async with AsyncExitStack() as stack:
         if config.scenario is None:
@@ -131,7 +132,12 @@ async def _with_node(config: Config, action: Callable[[NodeContext], Awaitable[T
 
             delay = fault_delay if fault_delay is not None else (0.0 if oneshot else 30.0)
             backends, config = await build_backends(config, stack, fault_delay=delay)
-        return await action(NodeContext(config, backends, oneshot=oneshot))
+        try:
+            return await action(NodeContext(config, backends, oneshot=oneshot))
+        finally:
+            # The agent's one NVML session ends with it (on a daemon thread: a wedged driver
+            # must not hold the exit).
+            await call_detached(backends.nvml.close, 1.0)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -528,42 +528,47 @@ class _Refused(yaml.MarkedYAMLError):
 
 class _BoundedLoader(yaml.SafeLoader):
     """yaml.SafeLoader with the bounds above, checked while the document is composed: depth
-    before the composer's recursion can exhaust the stack, the expanded size of each node
-    before its Python objects exist. Aliases stay allowed (exporter-toolkit's Go parser reads
-    them too) but a billion-laughs document is refused at the node where it crosses the bound,
-    after linear work."""
+    before the composer's recursion can exhaust the stack, the number of values as each one
+    (or each alias) is met, before any Python object exists. Aliases stay allowed
+    (exporter-toolkit's Go parser reads them too), but a billion-laughs document is refused
+    where its expansion crosses the bound, after linear work, and so is a flat list of a
+    million values, after 100,000 of them."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
-        self._sizes: dict[int, int] = {}  # id(node) -> values below it, aliases expanded
+        self._values = 0  # in the document so far, each alias counted as what it names
+        self._sizes: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: Any = event.start_mark  # the stubs' Mark types do not agree with each other
+        if isinstance(event, yaml.AliasEvent):
             node = super().compose_node(parent, index)
             # An anchored node still being composed contains its own alias.
             if node is not None and id(node) not in self._sizes:
                 raise _Refused(None, None, f"alias *{clip(str(event.anchor))} is inside the "
-                               "node it names (a recursive structure)", event.start_mark)
+                               "node it names (a recursive structure)", mark)
+            self._count(self._sizes[id(node)] if node is not None else 0, mark)
             return node
-        nests = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        self._count(1, mark)
+        nests = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
         self._depth += nests
         try:
             if self._depth > MAX_DEPTH:
-                raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                               self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+                raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
             node = super().compose_node(parent, index)
         finally:
             self._depth -= nests
-        if node is None:
-            return None
-        self._sizes[id(node)] = size = 1 + sum(self._sizes[id(child)]
-                                               for child in _children(node))
-        if size > MAX_VALUES:
-            raise _Refused(None, None, f"more than {MAX_VALUES} values once YAML aliases are "
-                           "expanded; config files hold far fewer", node.start_mark)
+        if node is not None:
+            self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in _children(node))
         return node
+
+    def _count(self, values: int, mark: Any) -> None:
+        self._values += values
+        if self._values > MAX_VALUES:
+            raise _Refused(None, None, f"more than {MAX_VALUES} values once YAML aliases are "
+                           "expanded; config files hold far fewer", mark)
 
     def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:  # stubs: anchor is a str
         node: yaml.MappingNode = super().compose_mapping_node(anchor)

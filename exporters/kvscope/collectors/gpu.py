@@ -31,10 +31,13 @@ from kvscope.sources.nvml import (
     GpuReading,
     MigInstance,
     MigReading,
+    NvmlError,
     NvmlSource,
     NvmlUnavailable,
     XidEvent,
+    call_detached,
 )
+from kvscope.sources.nvml.session import HangGuard
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,15 @@ CLOCK_EVENT_REASONS: Mapping[int, str] = {
 }
 
 
+# NvmlError names that mean NVML as a whole is gone (library.LIBRARY_GONE), not one GPU.
+LIBRARY_GONE_NAMES = frozenset({"uninitialized", "driver_not_loaded", "nvml_error_12"})
+
+
+def _reason(exc: NvmlError) -> str:
+    """An NVML failure as an errors_total reason: nvml_<name>."""
+    return exc.name if exc.name.startswith("nvml_") else f"nvml_{exc.name}"
+
+
 class GpuCollector(Collector):
     name = "gpu"
 
@@ -115,7 +127,12 @@ class GpuCollector(Collector):
         self._ctx = ctx
         self._monotonic = monotonic
         self._cfg = ctx.config.collectors.gpu
-        self._source: NvmlSource | None = None
+        self._session = ctx.backends.nvml
+        self._source = NvmlSource(self._session, gpm=self._cfg.gpm,
+                                  min_gpm_window=self._cfg.min_gpm_window, monotonic=monotonic)
+        # The fast reads run behind a deadline of their own, so a hung driver still gets a
+        # kvscope_gpu_up 0 per GPU from this tier (an alert on it fires) instead of silence.
+        self._fast_reads = HangGuard("gpu-fast-nvml")
         self._unavailable: str | None = None
         self._identities: tuple[GpuIdentity, ...] = ()
         self._driver = ""
@@ -140,7 +157,17 @@ class GpuCollector(Collector):
     # ---- polling -------------------------------------------------------------------------
 
     async def poll(self, tier: Tier, pool: Pool) -> PollResult:
-        return PollResult(await self._families_of(tier, pool))
+        try:
+            if tier is Tier.FAST and self._unavailable is None and \
+                    self._source.inventory is not None and self._source.inventory.gpus:
+                return await self._poll_fast(pool)
+            return PollResult(await self._families_of(tier, pool))
+        except NvmlError as exc:
+            if exc.library_gone:
+                self._session.mark_broken(exc.name)
+            raise CollectorError(_reason(exc), f"NVML: {exc}") from None
+        except NvmlUnavailable as exc:  # a later tier found the session down (driver gone)
+            raise CollectorError("nvml_unavailable", f"NVML does not answer: {exc}") from None
 
     async def _families_of(self, tier: Tier, pool: Pool) -> Sequence[Metric]:
         if tier is Tier.STATIC:
@@ -162,21 +189,67 @@ class GpuCollector(Collector):
                 await asyncio.sleep(self._cfg.xid_wait)  # nothing to wait on; do not spin
             return []
         source = self._source
-        if source is None or source.inventory is None:
+        if source.inventory is None:
             raise CollectorError("not_initialised", "NVML was not initialised by the static tier")
         if tier is Tier.FAST:
-            if not source.inventory.gpus:
-                # NVML loaded but sees no GPU: the container was not given the node's GPUs.
-                raise CollectorError(
-                    "no_gpus", "NVML sees no GPU, so no GPU metrics; give the agent every GPU "
-                    "(NVIDIA_VISIBLE_DEVICES=all, and no nvidia.com/gpu resource request)")
-            readings, migs = await pool.run(self._read_fast, source)
-            return self._fast_families(readings, migs)
+            # NVML loaded but sees no GPU: the container was not given the node's GPUs.
+            raise CollectorError(
+                "no_gpus", "NVML sees no GPU, so no GPU metrics; give the agent every GPU "
+                "(NVIDIA_VISIBLE_DEVICES=all, and no nvidia.com/gpu resource request)")
         if tier is Tier.SLOW:
             readings = await pool.run(source.read, SLOW_READERS)
             return self._value_families(readings, self._slow_specs)
+        return await self._poll_events(pool, source)
+
+    async def _poll_fast(self, pool: Pool) -> PollResult:
+        if self._fast_reads.stuck:
+            return self._not_answering("busy", "the previous NVML read is still running (the "
+                                       "driver does not answer)")
+        if self._session.broken is not None:
+            await pool.run(self._session.recover)  # at most once per back-off step
+        deadline = self._cfg.timeout * 0.8
+        try:
+            readings, migs = await self._fast_reads.run(
+                functools.partial(self._read_fast, self._source), deadline)
+        except TimeoutError:
+            return self._not_answering("timeout", f"NVML did not answer within {deadline:.1f}s")
+        except NvmlUnavailable as exc:  # the session is down and cannot be initialised yet
+            self._session.mark_broken("unavailable")
+            return self._not_answering("nvml_unavailable", f"NVML does not answer: {exc}")
+        except NvmlError as exc:
+            if exc.library_gone:
+                self._session.mark_broken(exc.name)
+            return self._not_answering(_reason(exc), f"NVML: {exc}")
+        if readings and all(r.failed for r in readings):
+            gone = [e for r in readings for _, e in r.errors if e in LIBRARY_GONE_NAMES]
+            if gone:
+                self._session.mark_broken(gone[0])
+        return PollResult(self._fast_families(readings, migs))
+
+    def _not_answering(self, reason: str, message: str) -> PollResult:
+        """kvscope_gpu_up 0 for every GPU of the last inventory, with the tier's error: what an
+        alert needs while NVML hangs, read from no NVML call at all."""
+        up = self._up_family()
+        for gpu in self._identities:
+            up.add(self._labels(gpu), 0)
+        return PollResult(non_empty(up), [CollectorError(reason, message)])
+
+    async def _poll_events(self, pool: Pool, source: NvmlSource) -> list[Metric]:
+        """XID events. A wait that fails other than by timing out (the library went away, the
+        driver was reloaded) would fail again at once, in a loop: the session is marked broken
+        and the tier waits out its back-off, re-initialising NVML when it is due."""
+        if self._session.broken is not None and not await pool.run(self._session.recover):
+            if not self._ctx.oneshot:
+                await asyncio.sleep(min(max(self._session.retry_in(), 0.05), self._cfg.xid_wait))
+            raise CollectorError("nvml_event_wait", f"NVML does not answer "
+                                 f"({self._session.broken}); retrying with back-off")
         wait_ms = 0 if self._ctx.oneshot else int(self._cfg.xid_wait * 1000)
-        events = await pool.run(source.wait_xid, wait_ms)
+        try:
+            events = await pool.run(source.wait_xid, wait_ms)
+        except NvmlError as exc:
+            self._session.mark_broken(f"event wait: {exc.name}")
+            raise CollectorError("nvml_event_wait", f"NVML event wait failed ({exc}); backing "
+                                 "off, then re-initialising NVML") from None
         self._count_xids(events)
         return self._xid_families()
 
@@ -186,14 +259,6 @@ class GpuCollector(Collector):
         return readings, source.read_mig(with_gpm=self._cfg.gpm)
 
     async def _poll_static(self, pool: Pool) -> Sequence[Metric]:
-        if self._source is None:
-            try:
-                lib = self._ctx.backends.nvml.library()
-                self._source = NvmlSource(lib, gpm=self._cfg.gpm,
-                                          min_gpm_window=self._cfg.min_gpm_window,
-                                          monotonic=self._monotonic)
-            except NvmlUnavailable as exc:
-                return self._mark_unavailable(str(exc))
         try:
             inventory = await pool.run(self._source.open)
         except NvmlUnavailable as exc:
@@ -226,8 +291,8 @@ class GpuCollector(Collector):
         return non_empty(nvml.add({}, 0))
 
     async def close(self) -> None:
-        if self._source is not None:
-            await asyncio.to_thread(self._source.close)
+        # A daemon thread with a deadline: under a wedged driver the release call blocks too.
+        await call_detached(self._source.close, 1.0)
 
     # ---- labels --------------------------------------------------------------------------
 
@@ -286,15 +351,13 @@ class GpuCollector(Collector):
 
     def _fast_families(self, readings: Sequence[GpuReading],
                        migs: Sequence[MigReading] = ()) -> list[Metric]:
-        up = gauge("kvscope_gpu_up",
-                   "1 when NVML answers for this GPU; 0 when it is lost (e.g. XID 79, fallen off "
-                   "the bus). The other GPUs keep exporting.")
+        up = self._up_family()
         events = gauge("kvscope_gpu_clock_event_active",
                        "1 while the named reason holds the GPU's clocks down "
                        "(power_cap, hw_slowdown, sw_thermal, ...).")
         for reading in readings:
             labels = self._labels(reading.gpu)
-            up.add(labels, 0 if reading.lost else 1)
+            up.add(labels, 0 if reading.lost or reading.failed else 1)
             mask = reading.values.get("clock_events")
             if mask is not None:
                 for bit, reason in CLOCK_EVENT_REASONS.items():
@@ -305,6 +368,12 @@ class GpuCollector(Collector):
         for (index, call, error), n in sorted(self._nvml_errors.items()):
             errors.add({"gpu": str(index), "call": call, "error": error}, n)
         return [*non_empty(up), *families, *non_empty(events, errors)]
+
+    @staticmethod
+    def _up_family() -> Family:
+        return gauge("kvscope_gpu_up",
+                     "1 when NVML answers for this GPU; 0 when it is lost (e.g. XID 79, fallen "
+                     "off the bus). The other GPUs keep exporting.")
 
     def _count_xids(self, events: Sequence[XidEvent]) -> None:
         for event in events:

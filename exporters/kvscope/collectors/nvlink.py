@@ -22,13 +22,13 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client.core import Metric
 
-from kvscope.collectors.base import Collector, PollResult, Pool, Schedule, Tier
+from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool, Schedule, Tier
 from kvscope.collectors.dcgm_compat import field as dcgm_field
 from kvscope.collectors.labels import gpu_identity_labels, gpu_labels
 from kvscope.context import NodeContext
 from kvscope.render.families import Family, counter, gauge, info, non_empty
-from kvscope.sources.nvml import GpuIdentity, NvmlUnavailable
-from kvscope.sources.nvml_links import (
+from kvscope.sources.nvml import GpuIdentity, NvmlError, NvmlUnavailable
+from kvscope.sources.nvml.links import (
     NVLINK_VERSIONS,
     GpuBytes,
     LinkErrors,
@@ -57,7 +57,7 @@ class NvlinkCollector(Collector):
         self._ctx = ctx
         self._cfg = ctx.config.collectors.nvlink
         self._monotonic = monotonic
-        self._source: NvlinkSource | None = None
+        self._source = NvlinkSource(ctx.backends.nvml)
         self._unavailable: str | None = None
         self._driver = ""
         self._previous: dict[str, tuple[float, float]] = {}  # UUID -> (t, tx+rx KiB)
@@ -73,13 +73,19 @@ class NvlinkCollector(Collector):
         }
 
     async def poll(self, tier: Tier, pool: Pool) -> PollResult:
-        return PollResult(await self._families_of(tier, pool))
+        try:
+            return PollResult(await self._families_of(tier, pool))
+        except NvmlError as exc:
+            raise CollectorError(f"nvml_{exc.name.removeprefix('nvml_')}",
+                                 f"NVML: {exc}") from None
+        except NvmlUnavailable as exc:  # the session is down (driver gone) after the static tier
+            raise CollectorError("nvml_unavailable", f"NVML does not answer: {exc}") from None
 
     async def _families_of(self, tier: Tier, pool: Pool) -> Sequence[Metric]:
         if tier is Tier.STATIC:
             return await self._poll_static(pool)
         source = self._source
-        if self._unavailable is not None or source is None:
+        if self._unavailable is not None or not source.devices:
             return []
         if tier is Tier.FAST:
             states = await pool.run(source.states)
@@ -90,9 +96,6 @@ class NvlinkCollector(Collector):
 
     async def _poll_static(self, pool: Pool) -> Sequence[Metric]:
         try:
-            if self._source is None:
-                lib = self._ctx.backends.nvml.library()
-                self._source = NvlinkSource(lib)
             devices = await pool.run(self._source.open)
             self._driver = str(await pool.run(self._driver_version))
         except NvmlUnavailable as exc:
@@ -136,7 +139,6 @@ class NvlinkCollector(Collector):
         return non_empty(link_info, speed, links)
 
     def _driver_version(self) -> str:
-        assert self._source is not None
         value = self._source.lib.nvmlSystemGetDriverVersion()
         return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -225,8 +227,3 @@ class NvlinkCollector(Collector):
                 errors.add({**labels, "error": kind}, value)
         return non_empty(errors)
 
-    async def close(self) -> None:
-        if self._source is not None:
-            import asyncio
-
-            await asyncio.to_thread(self._source.close)

@@ -41,9 +41,9 @@ from kvscope.parsers.hypernodes import parse_hypernodes, switch_chain
 from kvscope.parsers.kube import node_labels
 from kvscope.render.families import Family, gauge, info, non_empty
 from kvscope.sources.kube import KubeClient, KubeError
-from kvscope.sources.nvml import NvmlUnavailable
-from kvscope.sources.nvml_links import Device, NvlinkSource
-from kvscope.sources.nvml_topology import (
+from kvscope.sources.nvml import NvmlError, NvmlUnavailable
+from kvscope.sources.nvml.links import Device, NvlinkSource
+from kvscope.sources.nvml.topology import (
     GpuAffinity,
     PairPath,
     cpu_ranges,
@@ -77,7 +77,7 @@ class TopologyCollector(Collector):
     def __init__(self, ctx: NodeContext) -> None:
         self._ctx = ctx
         self._cfg = ctx.config.collectors.topology
-        self._source: NvlinkSource | None = None
+        self._source = NvlinkSource(ctx.backends.nvml)
         self._devices: list[Device] = []
         self._pairs: list[PairPath] = []
         self._kubelet: PodResourcesClient | None = None
@@ -111,7 +111,6 @@ class TopologyCollector(Collector):
         families: list[Metric] = []
         self._devices = await self._read_gpus(pool)
         if self._devices:
-            assert self._source is not None
             states = await pool.run(self._source.states)
             self._pairs = await pool.run(read_pairs, self._source.lib, self._devices, states)
             self._ctx.shared.board.publish(node_topology(self._devices, self._pairs))
@@ -126,13 +125,13 @@ class TopologyCollector(Collector):
 
     async def _read_gpus(self, pool: Pool) -> list[Device]:
         try:
-            if self._source is None:
-                lib = self._ctx.backends.nvml.library()
-                self._source = NvlinkSource(lib)
             return await pool.run(self._source.open)
         except NvmlUnavailable as exc:
             log.debug("no GPU topology: %s", exc)
             return []
+        except NvmlError as exc:
+            raise CollectorError(f"nvml_{exc.name.removeprefix('nvml_')}",
+                                 f"NVML: {exc}") from None
 
     def _pci_places(self) -> dict[int, PciPlace]:
         out = {}
@@ -363,5 +362,3 @@ class TopologyCollector(Collector):
             await asyncio.to_thread(self._kubelet.close)
         if self._kube is not None:
             await self._kube.close()
-        if self._source is not None:
-            await asyncio.to_thread(self._source.close)

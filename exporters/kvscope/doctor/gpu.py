@@ -21,6 +21,17 @@ def _per_gpu(snap: Snapshot, key: str) -> dict[str, float]:
     return {}
 
 
+# GPU collector errors that mean NVML as a whole does not answer (a wedged or reloading driver),
+# as opposed to one GPU lost: kvscope_gpu_up is then 0 for every GPU without GPU_IS_LOST.
+NOT_ANSWERING = ("fast: timeout", "fast: busy", "fast: nvml_", "timeout x", "busy x",
+                 "nvml_unavailable", "nvml_event_wait")
+
+
+def _nvml_not_answering(snap: Snapshot) -> bool:
+    errors = snap.health.get("gpu", {}).get("errors", [])
+    return any(e.startswith(NOT_ANSWERING) or "nvml_unavailable" in e for e in errors)
+
+
 async def gpu_section(snap: Snapshot) -> Section:
     section = Section("GPUs")
     up = {labels["gpu"]: (labels, value) for labels, value in samples(snap, "kvscope_gpu_up")}
@@ -33,6 +44,13 @@ async def gpu_section(snap: Snapshot) -> Section:
     used = _per_gpu(snap, "fb_used")
     free = _per_gpu(snap, "fb_free")
     section.lines.append(f"{'GPU':<4} {'model':<24} {'util%':>6} {'FB used':>12}  state")
+    silent = _nvml_not_answering(snap) and not any(v for _, v in up.values())
+    if silent:
+        section.findings.append(Finding(
+            Severity.CRITICAL, "NVML does not answer for any GPU (a hung or reloading NVIDIA "
+            "driver): no GPU is observed, kvscope_gpu_up is 0 for all",
+            "check dmesg for NVRM/Xid messages and whether nvidia-smi hangs; drain the node, "
+            "then reset the GPUs or reboot"))
     for gpu in sorted(up, key=int):
         labels, is_up = up[gpu]
         fb = ""
@@ -45,11 +63,11 @@ async def gpu_section(snap: Snapshot) -> Section:
                     "growth or batch spike will OOM this rank first",
                     "lower the engine's memory fraction (--mem-fraction-static / "
                     "--gpu-memory-utilization) or rebalance KV cache across ranks"))
-        state = "up" if is_up else "LOST"
+        state = "up" if is_up else ("NO ANSWER" if silent else "LOST")
         util_text = f"{util[gpu]:6.0f}" if gpu in util else "     -"
         section.lines.append(f"{gpu:<4} {labels.get('modelName', ''):<24.24} {util_text} "
                              f"{fb:>12}  {state}")
-        if not is_up:
+        if not is_up and not silent:
             section.findings.append(Finding(
                 Severity.CRITICAL, f"GPU {gpu} is lost (NVML: GPU_IS_LOST)",
                 "drain the node; a GPU that fell off the bus needs a reset or reboot"))

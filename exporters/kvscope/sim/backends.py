@@ -17,18 +17,19 @@ from kvscope.config import Config, ConfigError, set_dotted
 from kvscope.sim.node import SimNode
 from kvscope.sim.nvml import FakeNvml
 from kvscope.sim.scenarios import SimOptions, all_scenarios, build_scenario
-from kvscope.sources.nvml_session import NvmlSession
+from kvscope.sources.nvml import NvmlLibrary, NvmlSession
 
 
 def node_backends(node: SimNode, scenario: str | None = None) -> tuple[Backends, FakeNvml]:
     """Backends over `node`'s fakes (no service started), and the fake NVML behind them."""
     fake = FakeNvml(node)
+    library: NvmlLibrary = fake  # mypy checks the fake against the library's Protocol
     simulated = None
     if scenario is not None:
         known = all_scenarios().get(scenario)
         simulated = SimulatedNode(scenario, known.description if known is not None else "")
     rdma = node.rdma
-    return Backends(nvml=NvmlSession(lambda: fake),
+    return Backends(nvml=NvmlSession(lambda: library),
                     verbs=rdma.verbs() if rdma is not None else None,
                     simulated=simulated), fake
 

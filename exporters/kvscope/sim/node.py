@@ -117,9 +117,13 @@ class SimNode:
     latency_scale: float = 1.0  # 0 disables the modelled NVML latency (fast unit tests)
     library_missing: bool = False
     not_supported: set[str] = field(default_factory=set)  # NVML call names, or "field:<id>"
-    slow_calls: dict[str, float] = field(default_factory=dict)  # call name -> extra seconds
+    # call name -> extra seconds, spent holding the library-wide lock as a wedged driver does
+    slow_calls: dict[str, float] = field(default_factory=dict)
     failing_calls: dict[str, int] = field(default_factory=dict)  # call name -> NVML error code
     xid_faults: list[XidFault] = field(default_factory=list)
+    # (from, until) elapsed seconds: the driver is unloaded (every call fails, as on a driver
+    # reload or upgrade); after it, calls fail as uninitialised until nvmlInit runs again.
+    driver_reload: tuple[float, float] | None = None
     seed: int = 7
     # Later subsystems hang their models here (each owned by its sim/<subsystem>.py module).
     pods: list[SimPod] = field(default_factory=list)
@@ -135,6 +139,10 @@ class SimNode:
         return self.clock() - self._t0 + self.start_elapsed
 
     # ---- per-GPU readings ------------------------------------------------------------------
+
+    def driver_gone(self) -> bool:
+        window = self.driver_reload
+        return window is not None and window[0] <= self.elapsed() < window[1]
 
     def is_lost(self, gpu: SimGpu) -> bool:
         return gpu.lost_after is not None and self.elapsed() >= gpu.lost_after

@@ -26,8 +26,10 @@ from kvscope.sim.node import MIB, SimGpu, SimMig, SimNode
 P = ParamSpec("P")
 R = TypeVar("R")
 
+UNINITIALIZED = 1
 NOT_SUPPORTED = 3
 NOT_FOUND = 6
+DRIVER_NOT_LOADED = 9
 TIMEOUT = 10
 LIBRARY_NOT_FOUND = 12
 GPU_IS_LOST = 15
@@ -142,6 +144,7 @@ class FakeNvml:
         self._delivered_xids: set[int] = set()
         self._registered: set[str] = set()
         self.initialised = False
+        self._initialised_at: float | None = None  # node elapsed seconds of the last nvmlInit
         # Latency the model asked for, summed: what a test of the model checks, since wall time
         # on a loaded machine also counts every other process.
         self.modelled_seconds = 0.0
@@ -181,8 +184,12 @@ class FakeNvml:
             self.calls[name] += 1
         if self.node.library_missing:
             raise NVMLError(LIBRARY_NOT_FOUND)
+        self._check_driver(name)
         if name in self.node.slow_calls:
-            time.sleep(self.node.slow_calls[name])
+            # A hung call holds the process-wide lock: a wedged driver blocks every NVML caller
+            # of the process, not only the one that hung.
+            with self._serial:
+                time.sleep(self.node.slow_calls[name])
         self._spend(self._latency(name))
         if handle is not None and self.node.is_lost(handle.gpu):
             raise NVMLError(GPU_IS_LOST)
@@ -190,6 +197,19 @@ class FakeNvml:
             raise NVMLError(NOT_SUPPORTED)
         if name in self.node.failing_calls:  # a driver call that keeps failing (not "absent")
             raise NVMLError(self.node.failing_calls[name])
+
+    def _check_driver(self, name: str) -> None:
+        """The driver-reload fault: unloaded in the node's window; after it, the session that
+        was open before is dead until nvmlInit runs again."""
+        window = self.node.driver_reload
+        if window is None:
+            return
+        if self.node.driver_gone():
+            raise NVMLError(DRIVER_NOT_LOADED)
+        reloaded = self.node.elapsed() >= window[1]
+        stale = self._initialised_at is None or self._initialised_at < window[1]
+        if reloaded and stale and name not in ("nvmlInit", "nvmlShutdown"):
+            raise NVMLError(UNINITIALIZED)
 
     @property
     def total_calls(self) -> int:
@@ -200,6 +220,7 @@ class FakeNvml:
     @_nvml_call
     def nvmlInit(self) -> None:
         self.initialised = True
+        self._initialised_at = self.node.elapsed()
 
     @_nvml_call
     def nvmlShutdown(self) -> None:

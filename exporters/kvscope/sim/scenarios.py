@@ -94,6 +94,13 @@ def nvml_hang(opts: SimOptions) -> SimNode:
     return _node(opts, slow_calls={"nvmlDeviceGetUtilizationRates": 3600.0})
 
 
+def driver_reload(opts: SimOptions) -> SimNode:
+    """The NVIDIA driver is reloaded (an upgrade, a GPU reset): NVML fails as a whole for 20 s,
+    then answers again once re-initialised."""
+    start = opts.fault_delay
+    return _node(opts, driver_reload=(start, start + 20.0))
+
+
 def no_gpu_library(opts: SimOptions) -> SimNode:
     """A node where libnvidia-ml.so cannot be loaded: the agent serves everything else."""
     return _node(opts, library_missing=True)
@@ -110,6 +117,8 @@ SCENARIOS: dict[str, Scenario] = {
                  "the rest is served", nvml_hang),
         Scenario("no-nvml", "NVML library missing: no GPU series, everything else served",
                  no_gpu_library),
+        Scenario("driver-reload", "the NVIDIA driver goes away for 20 s after the fault delay "
+                 "and comes back: GPU series return without a restart", driver_reload),
     )
 }
 

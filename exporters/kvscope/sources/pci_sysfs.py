@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvscope.analysis.topology_model import P2PKind
+from kvscope.parsers.pci import sysfs_bus_id
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,6 @@ class PciPlace:
 class RdmaNic:
     name: str  # mlx5_0, erdma_0, ...
     place: PciPlace
-
-
-def sysfs_bus_id(nvml_bus_id: str) -> str:
-    """NVML's `00000000:2A:00.0` -> sysfs's `0000:2a:00.0`."""
-    domain, sep, rest = nvml_bus_id.strip().partition(":")
-    if not sep:
-        return nvml_bus_id.lower()
-    try:
-        return f"{int(domain, 16):04x}:{rest.lower()}"
-    except ValueError:
-        return nvml_bus_id.lower()
 
 
 def _chain(sysfs: Path, link: Path) -> tuple[str, ...] | None:

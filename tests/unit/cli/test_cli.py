@@ -25,20 +25,24 @@ def test_collect_prints_exposition_and_exits_zero() -> None:
 
 
 def test_collect_exits_zero_when_a_collector_fails(tmp_path: Path) -> None:
-    # An NVML read that hangs for an hour: collect prints after one timeout and exits 0,
-    # kvscope_collector_up says the GPU collector is down, and the hung thread does not hold it.
+    # An NVML read that hangs for an hour, holding the driver as a wedged GPU does (every NVML
+    # caller blocks): collect prints after one timeout and exits 0, kvscope_collector_up says
+    # the NVML collectors are down, kvscope_gpu_up says 0 for every GPU, the collectors that
+    # need no NVML are up, and the hung threads do not hold the exit.
     config = tmp_path / "kvscope.yml"
-    config.write_text("collectors:\n  gpu:\n    timeout: 0.5\n")
+    config.write_text("collectors:\n  gpu:\n    timeout: 0.5\n"
+                      "  nvlink:\n    timeout: 0.5\n    cadence: {slow: 1}\n")
     result = kvscope("collect", "--config", str(config), "--scenario", "nvml-hang",
                      "--log.level", "error", timeout=20)
     assert result.returncode == 0, result.stderr
     metrics = parse(result.stdout.encode())
     up = collector_up(metrics["kvscope_collector_up"])
-    assert up["gpu"] == 0 and up["self"] == 1
+    assert up["gpu"] == 0 and up["nvlink"] == 0
+    assert up["self"] == 1 and up["rdma"] == 1 and up["engines"] == 1
     errors = {(lb["collector"], lb["reason"])
               for lb, _ in metrics["kvscope_collector_errors_total"]}
     assert ("gpu", "timeout") in errors
-    assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in metrics  # the slow tier still answered
+    assert [v for _, v in metrics["kvscope_gpu_up"]] == [0.0] * 8  # the GPULost alert fires
 
 
 @pytest.mark.parametrize(("content", "flags", "expected"), [

@@ -7,7 +7,7 @@ import pytest
 from kvscope.collectors.base import Tier
 from kvscope.collectors.nvlink import NvlinkCollector
 from kvscope.runtime import BlockingPool
-from kvscope.sources.nvml_links import FI_DATA_TX, SCOPE_ALL_LINKS, NvlinkSource
+from kvscope.sources.nvml.links import FI_DATA_TX, SCOPE_ALL_LINKS, NvlinkSource
 from nvlink_support import Clock, context, samples, sim_node
 
 GIB = 1024**3
@@ -40,7 +40,7 @@ async def test_bytes_use_the_aggregate_scope_and_move_with_kv_flows() -> None:
     for gpu in "4567":
         assert rx1[gpu] - rx0[gpu] == pytest.approx(6.0e10, abs=2048)
     # The value is the sum over all 18 links, not link 0 alone (the scope trap).
-    source = NvlinkSource(ctx.nvml)
+    source = NvlinkSource(ctx.backends.nvml)
     source.open()
     h = source.devices[0].handle
     link0 = ctx.nvml.nvmlDeviceGetFieldValues(h, [FI_DATA_TX])[0].value.ullVal

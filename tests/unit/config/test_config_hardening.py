@@ -63,6 +63,16 @@ def test_an_alias_bomb_is_refused_where_it_crosses_the_bound(tmp_path: Path) -> 
     assert "line 1, column " in line
 
 
+def test_a_flat_list_is_refused_at_the_value_that_crosses_the_bound(tmp_path: Path) -> None:
+    # Counting per finished node let a list of 500,000 values be parsed whole (and held as
+    # PyYAML nodes) before the check ran at its end; the count is now kept value by value.
+    content = f"node_name: [{','.join(['1'] * 500_000)}]\n"
+    line = _refusal(tmp_path, content)
+    column = int(re.search(r"line 1, column (\d+):", line).group(1))  # type: ignore[union-attr]
+    # node_name's mapping, its key and the list are 3 values; items are 2 characters apart.
+    assert column == len("node_name: [") + 2 * (MAX_VALUES - 3) + 1, line
+
+
 def test_moderate_aliases_stay_allowed(tmp_path: Path) -> None:
     # The decision: aliases are bounded, not banned; one anchor reused is ordinary YAML.
     config = tmp_path / "kvscope.yml"

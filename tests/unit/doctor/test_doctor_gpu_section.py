@@ -127,3 +127,15 @@ async def test_missing_readings_show_a_dash_not_a_zero() -> None:
     section = await gpu_section(_snapshot([("kvscope_gpu_up", {"gpu": "0"}, 1.0)]))
     assert section.lines[1].split() == ["0", "-", "up"]
     assert section.findings == []
+
+
+async def test_nvml_not_answering_is_one_finding_not_eight_lost_gpus() -> None:
+    snap = _snapshot([*_gpus({str(g): 0.0 for g in range(8)}, lost=tuple(map(str, range(8)))),
+                      ("kvscope_collector_up", {"collector": "gpu", "tier": "fast"}, 0.0),
+                      ("kvscope_collector_errors_total",
+                       {"collector": "gpu", "reason": "busy"}, 12.0)])
+    section = await gpu_section(snap)
+    (finding,) = section.findings
+    assert finding.severity is Severity.CRITICAL
+    assert finding.title.startswith("NVML does not answer for any GPU")
+    assert all(line.endswith("NO ANSWER") for line in section.lines[1:])

@@ -8,17 +8,18 @@ import pytest
 
 from kvscope.analysis.topology_model import P2PKind
 from kvscope.parsers.nvidia_smi_topo import parse_topo_matrix
+from kvscope.parsers.pci import normalise_bus_id, sysfs_bus_id
 from kvscope.sim.topology import write_sysfs
 from kvscope.sources.nvml import GpuIdentity
-from kvscope.sources.nvml_links import Device, LinkInfo, LinkState, NvlinkSource, normalise_bus_id
-from kvscope.sources.nvml_topology import (
+from kvscope.sources.nvml.links import Device, LinkInfo, LinkState, NvlinkSource
+from kvscope.sources.nvml.topology import (
     cpu_ranges,
     node_topology,
     nvlink_count,
     read_affinity,
     read_pairs,
 )
-from kvscope.sources.pci_sysfs import PciPlace, pci_place, rdma_nics, relation, sysfs_bus_id
+from kvscope.sources.pci_sysfs import PciPlace, pci_place, rdma_nics, relation
 from nvlink_support import context, sim_node
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "topology"
@@ -26,7 +27,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "topology"
 
 def _matrix(scenario: str) -> dict[tuple[int, int], str]:
     node = sim_node(scenario)
-    source = NvlinkSource(context(node).nvml)
+    source = NvlinkSource(context(node).backends.nvml)
     devices = source.open()
     pairs = read_pairs(source.lib, devices, source.states())
     return {(p.a, p.b): p.link.label for p in pairs if p.link is not None}
@@ -80,7 +81,7 @@ def test_p2p_status_is_asked_with_a_plain_int() -> None:
     """The fake raises TypeError for pynvml's tuple NVML_P2P_CAPS_INDEX_READ, like ctypes."""
     node = sim_node("healthy")
     node.topology.p2p_status = 5  # fabric manager down: NVLink P2P not supported
-    source = NvlinkSource(context(node).nvml)
+    source = NvlinkSource(context(node).backends.nvml)
     devices = source.open()
     with pytest.raises(TypeError):
         source.lib.nvmlDeviceGetP2PStatus(devices[0].handle, devices[1].handle, (0,))
@@ -92,7 +93,7 @@ def test_p2p_status_is_asked_with_a_plain_int() -> None:
 
 def test_cpu_and_numa_affinity() -> None:
     node = sim_node("healthy")
-    source = NvlinkSource(context(node).nvml)
+    source = NvlinkSource(context(node).backends.nvml)
     devices = source.open()
     affinity = {a.gpu.index: a for a in read_affinity(source.lib, devices, 2)}
     assert cpu_ranges(affinity[0].cpus) == "0-47,96-143"
@@ -214,7 +215,7 @@ def test_parse_bad_input_gives_an_error_value(text: str, error: str) -> None:
 
 def test_link_state_record_is_per_link() -> None:
     node = sim_node("nvlink-degraded")
-    source = NvlinkSource(context(node).nvml)
+    source = NvlinkSource(context(node).backends.nvml)
     source.open()
     states: list[LinkState] = source.states()
     assert [link for link, up in states[5].states.items() if not up] == [3, 4]

@@ -1,8 +1,7 @@
-"""NVML reader: the only module that calls the NVML library.
+"""GPU reads through the agent's NVML session: identity, values, MIG instances, GPM, XID.
 
-`lib` is either the real `pynvml` module (from nvidia-ml-py) or `kvscope.sim.nvml.FakeNvml`,
-which has the same function names. Every function here blocks; the GPU collector calls them
-through the runtime's thread pool, one tier at a time.
+Every function here blocks; the GPU collector calls them through the runtime's thread pool, one
+tier at a time. NVML errors arrive as `NvmlError` (translated at the seam, library.py).
 
 NOT_SUPPORTED is remembered per GPU and call, so an unsupported read costs one call per static
 refresh, and its series is absent rather than zero.
@@ -17,16 +16,20 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvscope.sources.nvml.library import (
+    NVML_ERROR_FUNCTION_NOT_FOUND,
+    NVML_ERROR_GPU_IS_LOST,
+    NVML_ERROR_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
+    NVML_ERROR_TIMEOUT,
+    NvmlError,
+    NvmlLibrary,
+    NvmlUnavailable,
+)
+from kvscope.sources.nvml.session import NvmlSession
+
 log = logging.getLogger(__name__)
 
-# NVML return codes (nvml.h); literal so the module works without pynvml installed.
-NVML_ERROR_NOT_SUPPORTED = 3
-NVML_ERROR_NOT_FOUND = 6
-NVML_ERROR_TIMEOUT = 10
-NVML_ERROR_LIBRARY_NOT_FOUND = 12
-NVML_ERROR_FUNCTION_NOT_FOUND = 13
-NVML_ERROR_GPU_IS_LOST = 15
-NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_CLOCK_SM = 1
 NVML_CLOCK_MEM = 2
 NVML_TEMPERATURE_GPU = 0
@@ -50,27 +53,6 @@ GPM_METRICS: Mapping[int, str] = {
     20: "gpm_pcie_tx_mibps",  # NVML_GPM_METRIC_PCIE_TX_PER_SEC  ~ DCGM_FI_PROF_PCIE_TX_BYTES
     21: "gpm_pcie_rx_mibps",  # NVML_GPM_METRIC_PCIE_RX_PER_SEC  ~ DCGM_FI_PROF_PCIE_RX_BYTES
 }
-
-
-class NvmlUnavailable(Exception):
-    """No usable NVML: no library, no driver. Means "no GPU hardware" to the collector."""
-
-
-def nvml_code(exc: BaseException) -> int | None:
-    value = getattr(exc, "value", None)
-    return value if isinstance(value, int) else None
-
-
-def is_nvml_error(exc: BaseException) -> bool:
-    return type(exc).__name__.startswith("NVMLError") or nvml_code(exc) is not None
-
-
-def error_name(exc: BaseException) -> str:
-    names = {NVML_ERROR_NOT_SUPPORTED: "not_supported", NVML_ERROR_TIMEOUT: "timeout",
-             NVML_ERROR_GPU_IS_LOST: "gpu_is_lost", NVML_ERROR_FUNCTION_NOT_FOUND:
-             "function_not_found"}
-    code = nvml_code(exc)
-    return names.get(code, f"nvml_error_{code}") if code is not None else type(exc).__name__
 
 
 def _text(value: object) -> str:
@@ -120,6 +102,12 @@ class GpuReading:
     lost: bool = False
     errors: tuple[tuple[str, str], ...] = ()  # (call, error name) for reads that failed
 
+    @property
+    def failed(self) -> bool:
+        """Every read of this GPU failed (NVML answers with errors, not values): the GPU is
+        not being observed, so kvscope_gpu_up says 0."""
+        return not self.lost and bool(self.errors) and not self.values
+
 
 @dataclass(frozen=True)
 class XidEvent:
@@ -128,35 +116,36 @@ class XidEvent:
     timestamp: float
 
 
-Reader = Callable[[Any, Any], dict[str, float]]
+Reader = Callable[[NvmlLibrary, Any], dict[str, float]]
 
 
-def _utilization(lib: Any, h: Any) -> dict[str, float]:
+def _utilization(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     u = lib.nvmlDeviceGetUtilizationRates(h)
     return {"gpu_util": u.gpu, "mem_copy_util": u.memory}
 
 
-def _encoder(lib: Any, h: Any) -> dict[str, float]:
+def _encoder(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"enc_util": lib.nvmlDeviceGetEncoderUtilization(h)[0]}
 
 
-def _decoder(lib: Any, h: Any) -> dict[str, float]:
+def _decoder(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"dec_util": lib.nvmlDeviceGetDecoderUtilization(h)[0]}
 
 
-def _clocks(lib: Any, h: Any) -> dict[str, float]:
+def _clocks(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"sm_clock": lib.nvmlDeviceGetClockInfo(h, NVML_CLOCK_SM),
             "mem_clock": lib.nvmlDeviceGetClockInfo(h, NVML_CLOCK_MEM)}
 
 
-def _temperature(lib: Any, h: Any) -> dict[str, float]:
+def _temperature(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     # nvmlDeviceGetTemperature is deprecated for CUDA 14; prefer the V form where present.
-    if hasattr(lib, "nvmlDeviceGetTemperatureV"):
-        return {"gpu_temp": lib.nvmlDeviceGetTemperatureV(h, NVML_TEMPERATURE_GPU)}
+    versioned = getattr(lib, "nvmlDeviceGetTemperatureV", None)
+    if versioned is not None:
+        return {"gpu_temp": versioned(h, NVML_TEMPERATURE_GPU)}
     return {"gpu_temp": lib.nvmlDeviceGetTemperature(h, NVML_TEMPERATURE_GPU)}
 
 
-def _field_values(lib: Any, h: Any, fields: Mapping[int, str]) -> dict[str, float]:
+def _field_values(lib: NvmlLibrary, h: Any, fields: Mapping[int, str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for fv in lib.nvmlDeviceGetFieldValues(h, list(fields)):
         if fv.nvmlReturn != 0:
@@ -166,73 +155,67 @@ def _field_values(lib: Any, h: Any, fields: Mapping[int, str]) -> dict[str, floa
     return out
 
 
-def _memory_temp(lib: Any, h: Any) -> dict[str, float]:
+def _memory_temp(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return _field_values(lib, h, {NVML_FI_DEV_MEMORY_TEMP: "memory_temp"})
 
 
-def _power(lib: Any, h: Any) -> dict[str, float]:
+def _power(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"power_mw": lib.nvmlDeviceGetPowerUsage(h)}
 
 
-def _power_limit(lib: Any, h: Any) -> dict[str, float]:
+def _power_limit(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"power_limit_mw": lib.nvmlDeviceGetEnforcedPowerLimit(h)}
 
 
-def _memory(lib: Any, h: Any) -> dict[str, float]:
+def _memory(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     m = lib.nvmlDeviceGetMemoryInfo(h, version=NVML_MEMORY_V2)
     return {"fb_total": m.total, "fb_free": m.free, "fb_used": m.used,
             "fb_reserved": m.reserved}
 
 
-def _clock_events(lib: Any, h: Any) -> dict[str, float]:
+def _clock_events(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"clock_events": lib.nvmlDeviceGetCurrentClocksEventReasons(h)}
 
 
-def _processes(lib: Any, h: Any) -> dict[str, float]:
+def _processes(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"compute_processes": len(lib.nvmlDeviceGetComputeRunningProcesses(h))}
 
 
-def _pcie_link(lib: Any, h: Any) -> dict[str, float]:
+def _pcie_link(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"pcie_link_gen": lib.nvmlDeviceGetCurrPcieLinkGeneration(h),
             "pcie_link_width": lib.nvmlDeviceGetCurrPcieLinkWidth(h),
             "pcie_max_link_gen": lib.nvmlDeviceGetMaxPcieLinkGeneration(h),
             "pcie_max_link_width": lib.nvmlDeviceGetMaxPcieLinkWidth(h)}
 
 
-class _NotSupported(Exception):
-    """NOT_SUPPORTED for a call that succeeded but says the feature is absent."""
-
-    value = NVML_ERROR_NOT_SUPPORTED
-
-
-def _vgpu_license(lib: Any, h: Any) -> dict[str, float]:
+def _vgpu_license(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     # DCGM's field 526 (vgpu_instance_license_status) is 1 when the vGPU is licensed. Which NVML
     # call DCGM makes for it is not documented; in a vGPU guest the licensable features say it:
     # licensed when a feature's state is 1. On bare metal NVML answers NOT_SUPPORTED, or
     # isGridLicenseSupported 0, and the series stays absent.
     features = lib.nvmlDeviceGetGridLicensableFeatures(h)
     if not features.isGridLicenseSupported:
-        raise _NotSupported()
+        raise NvmlError(NVML_ERROR_NOT_SUPPORTED, "nvmlDeviceGetGridLicensableFeatures")
     count = int(features.licensableFeaturesCount)
     states = [int(f.featureState) for f in list(features.gridLicensableFeatures)[:count]]
     return {"vgpu_license": 1.0 if any(state == 1 for state in states) else 0.0}
 
 
-def _energy(lib: Any, h: Any) -> dict[str, float]:
+def _energy(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"energy_mj": lib.nvmlDeviceGetTotalEnergyConsumption(h)}
 
 
-def _pcie_replay(lib: Any, h: Any) -> dict[str, float]:
+def _pcie_replay(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     return {"pcie_replay": lib.nvmlDeviceGetPcieReplayCounter(h)}
 
 
-def _remapped_rows(lib: Any, h: Any) -> dict[str, float]:
+def _remapped_rows(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     corr, unc, pending, failure = lib.nvmlDeviceGetRemappedRows(h)
     return {"remapped_correctable": corr, "remapped_uncorrectable": unc,
             "remap_pending": int(bool(pending)), "remap_failure": int(bool(failure))}
 
 
-def _ecc(lib: Any, h: Any) -> dict[str, float]:
+def _ecc(lib: NvmlLibrary, h: Any) -> dict[str, float]:
     get = lib.nvmlDeviceGetTotalEccErrors
     return {
         "ecc_sbe_volatile": get(h, NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_VOLATILE_ECC),
@@ -296,11 +279,15 @@ def _handle_key(handle: Any) -> Hashable:
 
 
 class NvmlSource:
-    """Blocking NVML reads over one initialised library session."""
+    """Blocking GPU reads over the agent's NVML session.
 
-    def __init__(self, lib: Any, *, gpm: bool = True, min_gpm_window: float = 1.0,
+    The GPUs are enumerated by `open` (the static tier) and again whenever the session was
+    re-initialised since (`NvmlSession.generation`): handles of an older session are dead."""
+
+    def __init__(self, session: NvmlSession, *, gpm: bool = True, min_gpm_window: float = 1.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.lib = lib
+        self._session = session
+        self._generation = 0  # the session generation the devices were enumerated under
         self._use_gpm = gpm
         self._min_gpm_window = min_gpm_window
         self._monotonic = monotonic
@@ -308,30 +295,33 @@ class NvmlSource:
         self._by_handle: dict[Hashable, _Device] = {}
         self._event_set: Any = None
         self._registered: set[Hashable] = set()
-        self._initialised = False
         self.inventory: Inventory | None = None
+
+    @property
+    def lib(self) -> NvmlLibrary:
+        return self._session.library()
+
+    @property
+    def stale(self) -> bool:
+        """True when the session was re-initialised after the GPUs were enumerated."""
+        return self._generation != self._session.generation
 
     # ---- identity (static tier) --------------------------------------------------------
 
     def open(self) -> Inventory:
-        """Initialise NVML (once) and enumerate the GPUs. Raises NvmlUnavailable."""
-        if not self._initialised:
-            try:
-                self.lib.nvmlInit()
-            except Exception as exc:
-                if nvml_code(exc) in (NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED) \
-                        or not is_nvml_error(exc):
-                    raise NvmlUnavailable(f"NVML not usable: {exc}") from exc
-                raise
-            self._initialised = True
-        driver = _text(self.lib.nvmlSystemGetDriverVersion())
+        """Enumerate the GPUs (initialising the session on first use). Raises NvmlUnavailable,
+        or NvmlError when NVML fails otherwise."""
+        lib = self.lib
+        if self.stale:
+            self._forget_session()
+        driver = _text(lib.nvmlSystemGetDriverVersion())
         devices: list[_Device] = []
         previous = {d.identity.index: d for d in self._devices}
-        for index in range(self.lib.nvmlDeviceGetCount()):
+        for index in range(lib.nvmlDeviceGetCount()):
             try:
                 devices.append(self._describe(index, previous.get(index)))
-            except Exception as exc:
-                if nvml_code(exc) != NVML_ERROR_GPU_IS_LOST:
+            except NvmlError as exc:
+                if exc.code != NVML_ERROR_GPU_IS_LOST:
                     raise
                 # Keep what we knew of it, so kvscope_gpu_up can say 0 under the same labels.
                 devices.append(previous.get(index) or _Device(_unknown_identity(index), None))
@@ -344,19 +334,30 @@ class NvmlSource:
                                    without_gpm)
         try:
             self._register_events()
-        except Exception as exc:
-            if not is_nvml_error(exc):
-                raise
+        except NvmlError as exc:
             log.debug("NVML event set unavailable: %s", exc)
         return self.inventory
+
+    def _forget_session(self) -> None:
+        """Drop what belonged to the previous session: handles, GPM samples, the event set."""
+        self._devices = [_Device(d.identity, None) for d in self._devices]
+        self._by_handle = {}
+        self._event_set = None
+        self._registered = set()
+        self._generation = self._session.generation
+
+    def _current(self) -> None:
+        """Enumerate again first when the session was re-initialised since the last `open`."""
+        if self.stale:
+            self.open()
 
     def _describe(self, index: int, previous: _Device | None) -> _Device:
         lib = self.lib
         h = lib.nvmlDeviceGetHandleByIndex(index)
         try:
             mig: bool | None = bool(lib.nvmlDeviceGetMigMode(h)[0])
-        except Exception as exc:
-            if nvml_code(exc) != NVML_ERROR_NOT_SUPPORTED:
+        except NvmlError as exc:
+            if exc.code != NVML_ERROR_NOT_SUPPORTED:
                 raise
             mig = None
         identity = GpuIdentity(
@@ -368,7 +369,7 @@ class NvmlSource:
             mig_enabled=mig,
         )
         dev = _Device(identity, h)
-        if previous is not None and previous.identity == identity:
+        if previous is not None and previous.identity == identity and previous.handle is not None:
             dev.gpm = previous.gpm  # keep the GPM window running across refreshes
         elif self._use_gpm and not mig:
             dev.gpm = self._gpm_setup(h)
@@ -390,8 +391,8 @@ class NvmlSource:
         for slot in range(lib.nvmlDeviceGetMaxMigDeviceCount(h)):
             try:
                 mh = lib.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
-            except Exception as exc:
-                if nvml_code(exc) == NVML_ERROR_NOT_FOUND:
+            except NvmlError as exc:
+                if exc.code == NVML_ERROR_NOT_FOUND:
                     continue  # an empty slot
                 raise
             gi = int(lib.nvmlDeviceGetGpuInstanceId(mh))
@@ -432,18 +433,18 @@ class NvmlSource:
             self._gpm_sample(h, gpu_instance_id, gpm.samples[0])
             gpm.taken_at = self._monotonic()
             return gpm
-        except Exception as exc:
-            if not is_nvml_error(exc) and not isinstance(exc, AttributeError):
-                raise
+        except (NvmlError, AttributeError) as exc:
             log.debug("GPM not available: %s", exc)  # pre-Hopper GPU or old driver
             return None
 
     # ---- values (fast and slow tiers) --------------------------------------------------
 
     def read(self, readers: Mapping[str, Reader], *, with_gpm: bool = False) -> list[GpuReading]:
-        return [self._read_device(d, readers, with_gpm) for d in self._devices]
+        self._current()
+        lib = self.lib
+        return [self._read_device(lib, d, readers, with_gpm) for d in self._devices]
 
-    def _read_device(self, dev: _Device, readers: Mapping[str, Reader],
+    def _read_device(self, lib: NvmlLibrary, dev: _Device, readers: Mapping[str, Reader],
                      with_gpm: bool) -> GpuReading:
         if dev.handle is None:
             return GpuReading(dev.identity, {}, lost=True)
@@ -453,31 +454,28 @@ class NvmlSource:
             if name in dev.unsupported:
                 continue
             try:
-                values.update(reader(self.lib, dev.handle))
-            except Exception as exc:
-                if not is_nvml_error(exc):
-                    raise
-                code = nvml_code(exc)
-                if code == NVML_ERROR_GPU_IS_LOST:
+                values.update(reader(lib, dev.handle))
+            except NvmlError as exc:
+                if exc.code == NVML_ERROR_GPU_IS_LOST:
                     return GpuReading(dev.identity, {}, lost=True)
-                if code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
+                if exc.code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
                     dev.unsupported.add(name)
                 else:
-                    errors.append((name, error_name(exc)))
+                    errors.append((name, exc.name))
         if with_gpm and dev.gpm is not None:
             try:
                 values.update(self._read_gpm(dev.handle, dev.gpm))
-            except Exception as exc:
-                if not is_nvml_error(exc):
-                    raise
-                if nvml_code(exc) == NVML_ERROR_GPU_IS_LOST:
+            except NvmlError as exc:
+                if exc.code == NVML_ERROR_GPU_IS_LOST:
                     return GpuReading(dev.identity, {}, lost=True)
-                errors.append(("gpm", error_name(exc)))
+                errors.append(("gpm", exc.name))
         return GpuReading(dev.identity, values, errors=tuple(errors))
 
     def read_mig(self, *, with_gpm: bool = False) -> list[MigReading]:
         """Per GPU instance: its framebuffer (NVML MemoryInfo on the MIG device) and, on Hopper
         and newer, its GPM ratios. A failing instance leaves its series absent."""
+        self._current()
+        lib = self.lib
         out: list[MigReading] = []
         for dev in self._devices:
             if dev.handle is None:
@@ -485,12 +483,10 @@ class NvmlSource:
             for mig in dev.migs:
                 values: dict[str, float] = {}
                 try:
-                    values.update(_memory(self.lib, mig.handle))
+                    values.update(_memory(lib, mig.handle))
                     if with_gpm and mig.gpm is not None:
                         values.update(self._read_gpm(dev.handle, mig.gpm))
-                except Exception as exc:
-                    if not is_nvml_error(exc):
-                        raise
+                except NvmlError as exc:
                     log.debug("MIG %s: %s", mig.instance.uuid, exc)
                 out.append(MigReading(mig.instance, values))
         return out
@@ -536,13 +532,13 @@ class NvmlSource:
                 lib.nvmlDeviceRegisterEvents(dev.handle, NVML_EVENT_TYPE_XID_CRITICAL_ERROR,
                                              self._event_set)
                 self._registered.add(key)
-            except Exception as exc:
-                if not is_nvml_error(exc):
-                    raise
+            except NvmlError as exc:
                 log.debug("GPU %d: XID events unavailable: %s", dev.identity.index, exc)
 
     def wait_xid(self, timeout_ms: int) -> list[XidEvent]:
-        """Block up to `timeout_ms` for XID events; return everything pending."""
+        """Block up to `timeout_ms` for XID events; return everything pending. Raises NvmlError
+        for anything but the wait's own timeout (the caller backs off)."""
+        self._current()
         lib = self.lib
         if self._event_set is None:
             self._register_events()
@@ -551,8 +547,8 @@ class NvmlSource:
         while True:
             try:
                 data = lib.nvmlEventSetWait(self._event_set, wait)
-            except Exception as exc:
-                if nvml_code(exc) == NVML_ERROR_TIMEOUT:
+            except NvmlError as exc:
+                if exc.code == NVML_ERROR_TIMEOUT:
                     return events
                 raise
             source = self._by_handle.get(_handle_key(data.device))
@@ -561,37 +557,17 @@ class NvmlSource:
             wait = 0  # drain whatever else is already queued, without waiting again
 
     def close(self) -> None:
-        if not self._initialised:
-            return
-        lib = self.lib
+        """Free the event set and GPM samples; the session itself is shut down by its owner."""
+        if self.inventory is None or self.stale:
+            return  # never opened, or its session is gone already
         try:
+            lib = self.lib
             if self._event_set is not None:
                 lib.nvmlEventSetFree(self._event_set)
             for dev in self._devices:
                 for gpm in [dev.gpm, *(m.gpm for m in dev.migs)]:
                     for sample in gpm.samples if gpm is not None else ():
                         lib.nvmlGpmSampleFree(sample)
-            lib.nvmlShutdown()
-        except Exception as exc:
-            if not is_nvml_error(exc):
-                raise
-            log.debug("NVML shutdown: %s", exc)
-        self._initialised = False
-
-
-def load_library(path: str | None = None) -> Any:
-    """The real pynvml module, or NvmlUnavailable when nvidia-ml-py itself is missing.
-
-    A missing libnvidia-ml.so surfaces later, from nvmlInit, as NVML_ERROR_LIBRARY_NOT_FOUND.
-    """
-    try:
-        import pynvml
-    except ImportError as exc:
-        raise NvmlUnavailable("python package nvidia-ml-py is not installed") from exc
-    if path:
-        # pynvml looks the library up by name; preloading it by path makes that lookup succeed.
-        try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            raise NvmlUnavailable(f"cannot load NVML from {path}: {exc}") from exc
-    return pynvml
+        except (NvmlError, NvmlUnavailable) as exc:
+            log.debug("NVML release: %s", exc)
+        self._event_set = None

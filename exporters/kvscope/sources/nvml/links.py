@@ -1,7 +1,7 @@
 """NVLink reads through NVML: link inventory, byte counters and DL error counters.
 
-`lib` is the real `pynvml` or the simulator's `FakeNvml` (same function names). Every function
-blocks; collectors call them through the runtime's thread pool.
+Reads go through the agent's NVML session (session.py), so NVML errors arrive as `NvmlError`.
+Every function blocks; collectors call them through the runtime's thread pool.
 
 Field choices follow what was measured on H100/H200 (Hopper, driver 580):
 
@@ -23,26 +23,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from kvscope.sources.nvml import (
-    NVML_ERROR_DRIVER_NOT_LOADED,
+from kvscope.parsers.pci import normalise_bus_id
+from kvscope.sources.nvml.device import GpuIdentity, _text
+from kvscope.sources.nvml.library import (
     NVML_ERROR_FUNCTION_NOT_FOUND,
     NVML_ERROR_GPU_IS_LOST,
-    NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_INVALID_ARGUMENT,
     NVML_ERROR_NOT_SUPPORTED,
-    GpuIdentity,
-    NvmlUnavailable,
-    _text,
-    error_name,
-    is_nvml_error,
-    nvml_code,
+    NvmlError,
+    NvmlLibrary,
 )
+from kvscope.sources.nvml.session import NvmlSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCOPE_ALL_LINKS = 0xFFFFFFFF  # nvml.h: "a scopeId of UINT_MAX returns the aggregate value"
 NVML_NVLINK_MAX_LINKS = 36  # nvidia-ml-py 13.x; Hopper SXM uses 18, Blackwell 18
-NVML_ERROR_INVALID_ARGUMENT = 2
 
 FI_LINK_COUNT = 91  # NVML_FI_DEV_NVLINK_LINK_COUNT
 FI_DATA_TX = 138  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, KiB
@@ -114,35 +111,7 @@ class LinkErrors:
     counts: Mapping[tuple[int, str], int]  # (link, error kind) -> count
 
 
-def normalise_bus_id(bus_id: str) -> str:
-    """NVML's `00000000:18:00.0` and sysfs's `0000:18:00.0` -> `00000000:18:00.0` (upper)."""
-    text = bus_id.strip().rstrip("\x00")
-    domain, sep, rest = text.partition(":")
-    if not sep or rest.count(":") != 1:
-        return text.upper()
-    return f"{int(domain, 16):08X}:{rest.upper()}" if _is_hex(domain) else text.upper()
-
-
-def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
-
-
-def open_library(lib: Any) -> None:
-    """nvmlInit, with a missing library or driver reported as NvmlUnavailable."""
-    try:
-        lib.nvmlInit()
-    except Exception as exc:
-        if not is_nvml_error(exc) or nvml_code(exc) in (NVML_ERROR_DRIVER_NOT_LOADED,
-                                                        NVML_ERROR_LIBRARY_NOT_FOUND):
-            raise NvmlUnavailable(f"NVML not usable: {exc}") from exc
-        raise
-
-
-def enumerate_gpus(lib: Any) -> list[Device]:
+def enumerate_gpus(lib: NvmlLibrary) -> list[Device]:
     """Every GPU NVML answers for; a GPU already lost is skipped (the GPU collector says so)."""
     devices = []
     for index in range(lib.nvmlDeviceGetCount()):
@@ -152,8 +121,8 @@ def enumerate_gpus(lib: Any) -> list[Device]:
                 index=index, minor=lib.nvmlDeviceGetMinorNumber(h),
                 uuid=_text(lib.nvmlDeviceGetUUID(h)), name=_text(lib.nvmlDeviceGetName(h)),
                 pci_bus_id=_text(lib.nvmlDeviceGetPciInfo(h).busId), mig_enabled=None)
-        except Exception as exc:
-            if nvml_code(exc) != NVML_ERROR_GPU_IS_LOST:
+        except NvmlError as exc:
+            if exc.code != NVML_ERROR_GPU_IS_LOST:
                 raise
             log.debug("GPU %d lost during enumeration; skipped", index)
             continue
@@ -165,15 +134,15 @@ def optional_call(call: Any, *args: Any) -> Any:
     """A call whose NOT_SUPPORTED / unknown-function / bad-link answer means "absent"."""
     try:
         return call(*args)
-    except Exception as exc:
-        if nvml_code(exc) in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND,
-                              NVML_ERROR_INVALID_ARGUMENT):
+    except NvmlError as exc:
+        if exc.code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND,
+                        NVML_ERROR_INVALID_ARGUMENT):
             return None
         raise
 
 
-def _field_map(lib: Any, handle: Any, specs: Sequence[tuple[int, int]]) -> dict[tuple[int, int],
-                                                                                 int]:
+def _field_map(lib: NvmlLibrary, handle: Any,
+               specs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], int]:
     """(field, scope) -> integer value, for the fields that read successfully."""
     out: dict[tuple[int, int], int] = {}
     if not specs:
@@ -188,7 +157,7 @@ def _field_map(lib: Any, handle: Any, specs: Sequence[tuple[int, int]]) -> dict[
     return out
 
 
-def link_count(lib: Any, handle: Any) -> int:
+def link_count(lib: NvmlLibrary, handle: Any) -> int:
     """Links NVML knows for this GPU: field 91, else probing link states (pre-Hopper drivers)."""
     count = _field_map(lib, handle, [(FI_LINK_COUNT, 0)]).get((FI_LINK_COUNT, 0))
     if count is not None:
@@ -201,7 +170,7 @@ def link_count(lib: Any, handle: Any) -> int:
     return n
 
 
-def read_links(lib: Any, device: Device) -> tuple[LinkInfo, ...]:
+def read_links(lib: NvmlLibrary, device: Device) -> tuple[LinkInfo, ...]:
     """Static facts of every link: version, speed, what is on the other end."""
     h = device.handle
     count = link_count(lib, h)
@@ -231,74 +200,77 @@ class NvlinkSource:
     other GPUs are still read.
     """
 
-    def __init__(self, lib: Any) -> None:
-        self.lib = lib
+    def __init__(self, session: NvmlSession) -> None:
+        self._session = session
+        self._generation = 0
         self.devices: list[Device] = []
         self.errors: Counter[tuple[int, str, str]] = Counter()
-        self._initialised = False
+
+    @property
+    def lib(self) -> NvmlLibrary:
+        return self._session.library()
 
     def open(self) -> list[Device]:
-        if not self._initialised:
-            open_library(self.lib)
-            self._initialised = True
-        devices = enumerate_gpus(self.lib)
+        """Enumerate the GPUs and their links (initialising the session on first use).
+        Raises NvmlUnavailable, or NvmlError when NVML fails otherwise."""
+        lib = self.lib
+        self._generation = self._session.generation
+        devices = enumerate_gpus(lib)
         for dev in devices:
-            dev.links = self._guard(dev, "links", read_links, self.lib, dev) or ()
+            dev.links = self._guard(dev, "links", read_links, lib, dev) or ()
         self.devices = devices
         return devices
+
+    def _current(self) -> NvmlLibrary:
+        """The library, after enumerating again if the session was re-initialised since."""
+        if self._generation != self._session.generation:
+            self.open()
+        return self.lib
 
     def _guard(self, dev: Device, what: str, fn: Callable[..., T], *args: Any,
                **kwargs: Any) -> T | None:
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:
-            if not is_nvml_error(exc):
-                raise
-            if nvml_code(exc) != NVML_ERROR_GPU_IS_LOST:
-                self.errors[(dev.identity.index, what, error_name(exc))] += 1
+        except NvmlError as exc:
+            if exc.code != NVML_ERROR_GPU_IS_LOST:
+                self.errors[(dev.identity.index, what, exc.name)] += 1
             return None
 
     def states(self) -> list[LinkState]:
         """Link up/down (nvmlDeviceGetNvLinkState: ~1.5 us a call, fine for the fast tier)."""
+        lib = self._current()
         out = []
         for dev in self.devices:
             if dev.links:
-                got = self._guard(dev, "state", _states, self.lib, dev)
+                got = self._guard(dev, "state", _states, lib, dev)
                 if got is not None:
                     out.append(got)
         return out
 
     def bytes(self, *, per_link: bool) -> list[GpuBytes]:
         """Cumulative NVLink data bytes per GPU (aggregate scope), optionally per link too."""
+        lib = self._current()
         out = []
         for dev in self.devices:
             if dev.links:  # no NVLink on this GPU (PCIe part): absent, not zero
-                got = self._guard(dev, "bytes", _bytes, self.lib, dev, per_link)
+                got = self._guard(dev, "bytes", _bytes, lib, dev, per_link)
                 if got is not None:
                     out.append(got)
         return out
 
     def link_errors(self, *, data_counters: bool) -> list[LinkErrors]:
         """DL error counters per link; see `_errors` for the choice of source."""
+        lib = self._current()
         out = []
         for dev in self.devices:
             if dev.links:
-                got = self._guard(dev, "errors", _errors, self.lib, dev, data_counters)
+                got = self._guard(dev, "errors", _errors, lib, dev, data_counters)
                 if got is not None:
                     out.append(got)
         return out
 
-    def close(self) -> None:
-        if self._initialised:
-            try:
-                self.lib.nvmlShutdown()
-            except Exception as exc:
-                if not is_nvml_error(exc):
-                    raise
-            self._initialised = False
 
-
-def _states(lib: Any, dev: Device) -> LinkState:
+def _states(lib: NvmlLibrary, dev: Device) -> LinkState:
     states = {}
     for info in dev.links:
         state = optional_call(lib.nvmlDeviceGetNvLinkState, dev.handle, info.link)
@@ -307,7 +279,7 @@ def _states(lib: Any, dev: Device) -> LinkState:
     return LinkState(dev.identity, states)
 
 
-def _bytes(lib: Any, dev: Device, per_link: bool) -> GpuBytes:
+def _bytes(lib: NvmlLibrary, dev: Device, per_link: bool) -> GpuBytes:
     specs = [(FI_DATA_TX, SCOPE_ALL_LINKS), (FI_DATA_RX, SCOPE_ALL_LINKS)]
     if per_link:
         specs += [(fid, info.link) for info in dev.links for fid in (FI_DATA_TX, FI_DATA_RX)]
@@ -325,7 +297,7 @@ def _bytes(lib: Any, dev: Device, per_link: bool) -> GpuBytes:
                     rx * KIB if rx is not None else None, links)
 
 
-def _errors(lib: Any, dev: Device, data_counters: bool) -> LinkErrors:
+def _errors(lib: NvmlLibrary, dev: Device, data_counters: bool) -> LinkErrors:
     """DL error counters of one GPU's links.
 
     Replay, recovery and CRC come from fields 161/162/163 with the link as scope, all links of a
@@ -349,7 +321,7 @@ def _errors(lib: Any, dev: Device, data_counters: bool) -> LinkErrors:
     return LinkErrors(dev.identity, counts)
 
 
-def _data_counters(lib: Any, dev: Device) -> dict[tuple[int, str], int]:
+def _data_counters(lib: NvmlLibrary, dev: Device) -> dict[tuple[int, str], int]:
     counts = {}
     for info in dev.links:
         for counter, name in ((NVLINK_ERROR_DL_CRC_DATA, "crc_data"),

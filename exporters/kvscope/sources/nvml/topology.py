@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from kvscope.analysis.topology_model import NodeTopology, P2PKind, P2PLink
-from kvscope.sources.nvml import GpuIdentity, is_nvml_error
-from kvscope.sources.nvml_links import Device, LinkState, normalise_bus_id, optional_call
+from kvscope.parsers.pci import normalise_bus_id
+from kvscope.sources.nvml.device import GpuIdentity
+from kvscope.sources.nvml.library import NvmlError, NvmlLibrary
+from kvscope.sources.nvml.links import Device, LinkState, optional_call
 
 # nvmlGpuTopologyLevel_t -> the PCIe part of nvidia-smi's legend.
 PCIE_LEVELS: Mapping[int, P2PKind] = {
@@ -79,7 +80,7 @@ def nvlink_count(a: Device, b: Device, states: Mapping[int, Mapping[int, bool]])
     return min(a_sw, b_sw)
 
 
-def read_pairs(lib: Any, devices: Sequence[Device],
+def read_pairs(lib: NvmlLibrary, devices: Sequence[Device],
                states: Iterable[LinkState]) -> list[PairPath]:
     """One PairPath per ordered pair of GPUs (the matrix is symmetric; NVML is asked once)."""
     state_map = {s.gpu.index: s.states for s in states}
@@ -120,7 +121,7 @@ def _mask_bits(words: Iterable[int], word_bits: int = 64) -> tuple[int, ...]:
     return tuple(bits)
 
 
-def read_affinity(lib: Any, devices: Sequence[Device], cpu_count: int) -> list[GpuAffinity]:
+def read_affinity(lib: NvmlLibrary, devices: Sequence[Device], cpu_count: int) -> list[GpuAffinity]:
     """CPUs and NUMA node nearest each GPU (what nvidia-smi topo -m prints at the right)."""
     # At least 1024 CPUs: NVML fills only what fits, and a container may under-report CPUs.
     words = max(16, (cpu_count + 63) // 64)
@@ -128,15 +129,15 @@ def read_affinity(lib: Any, devices: Sequence[Device], cpu_count: int) -> list[G
     for dev in devices:
         try:
             mask = optional_call(lib.nvmlDeviceGetCpuAffinity, dev.handle, words)
-            numa = optional_call(lib.nvmlDeviceGetNumaNodeId, dev.handle) \
-                if hasattr(lib, "nvmlDeviceGetNumaNodeId") else None
-            if numa is None:
-                nodes = optional_call(lib.nvmlDeviceGetMemoryAffinity, dev.handle, 1, 0)
+            # Neither call is in every driver and pynvml release: looked up, not assumed.
+            numa_call = getattr(lib, "nvmlDeviceGetNumaNodeId", None)
+            numa = optional_call(numa_call, dev.handle) if numa_call is not None else None
+            affinity_call = getattr(lib, "nvmlDeviceGetMemoryAffinity", None)
+            if numa is None and affinity_call is not None:
+                nodes = optional_call(affinity_call, dev.handle, 1, 0)
                 bits = _mask_bits(nodes) if nodes is not None else ()
                 numa = bits[0] if len(bits) == 1 else None
-        except Exception as exc:
-            if not is_nvml_error(exc):
-                raise
+        except NvmlError:
             continue  # this GPU's affinity is absent; the matrix still stands
         cpus = _mask_bits(mask) if mask is not None else ()
         out.append(GpuAffinity(dev.identity, cpus,
