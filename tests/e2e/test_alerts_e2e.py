@@ -95,7 +95,12 @@ INCIDENTS: tuple[Incident, ...] = (
               warn("GPUMemoryImbalance", gpu="2", pod="sglang-prefill-0"))),
     Incident("xid-79", ("xid-79",), (crit("GPULost", gpu="3"),),
              inhibited=(crit("GPUXidError", gpu="3", xid="79"),)),
-    Incident("nvml-hang", ("nvml-hang",), (warn("KvscopeCollectorDown", collector="gpu"),)),
+    # The hung call holds the driver, so every NVML reader stops; kvscope_gpu_up says 0 for
+    # each GPU (the fast tier answers at its deadline), so GPULost pages from boot.
+    Incident("nvml-hang", ("nvml-hang",), (
+        warn("KvscopeCollectorDown", collector="gpu"),
+        warn("KvscopeCollectorDown", collector="nvlink"),
+        *(crit("GPULost", gpu=str(g)) for g in range(8)))),
     Incident("nvlink-degraded", ("nvlink-degraded",),
              (warn("NVLinkDown", gpu="5"), warn("NVLinkErrorsIncreasing", gpu="5"))),
     Incident("nvlink-bypass", ("nvlink-bypass",),

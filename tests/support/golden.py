@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack
 
 from prometheus_client.core import Metric
 
+import timeouts
 from conftest import FrozenClock, sim_context, start_sim_services
 from kvscope.app import build_runtime
 from kvscope.collectors.base import Tier
@@ -48,7 +49,10 @@ async def collector_families(scenario: str) -> dict[str, list[Metric]]:
     ctx = sim_context(
         scenario,
         clock=clock,
-        overrides={f"collectors.{c}.enabled": True for c in OPTIONAL_COLLECTORS},
+        overrides={
+            **{f"collectors.{c}.enabled": True for c in OPTIONAL_COLLECTORS},
+            **timeouts.GENEROUS,  # a timed-out tier under load would change the golden text
+        },
     )
     async with AsyncExitStack() as stack:
         ctx = await start_sim_services(ctx, stack)

@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
+import timeouts
 from agent import REPO, kvscope
 
 NVLINK = re.compile(r"^(kvscope_nvlink_|DCGM_FI_DEV_NVLINK_)")
@@ -21,12 +23,15 @@ NVLINK_AND_TOPOLOGY = re.compile(r"^(kvscope_nvlink_|DCGM_FI_DEV_NVLINK_|kvscope
 
 
 def _collect(tmp_path: Path, nvlink: str = "") -> bytes:
-    args = ["collect", "--scenario", "healthy"]
+    """`kvscope collect` of the healthy node, with the nvlink options in `nvlink` (YAML flow
+    mapping body) and timeouts no busy test machine reaches (figures count series, not load)."""
+    settings = timeouts.nested(timeouts.GENEROUS)
     if nvlink:
-        config = tmp_path / f"nvlink-{abs(hash(nvlink))}.yml"
-        config.write_text(f"collectors:\n  nvlink: {{{nvlink}}}\n")
-        args += ["--config", str(config)]
-    result = kvscope(*args, "--log.level", "error", timeout=120)
+        settings["collectors"]["nvlink"].update(yaml.safe_load(f"{{{nvlink}}}"))
+    config = tmp_path / f"kvscope-{abs(hash(nvlink))}.yml"
+    config.write_text(yaml.safe_dump(settings))
+    args = ["collect", "--scenario", "healthy", "--config", str(config)]
+    result = kvscope(*args, "--log.level", "error", timeout=300)
     assert result.returncode == 0, result.stderr
     return str(result.stdout).encode()
 

@@ -34,15 +34,14 @@ class EnginesCollector(Collector):
     name = "engines"
 
     def __init__(self, ctx: NodeContext) -> None:
-        self._ctx = ctx
+        # The context is frozen and its Config final (the simulator's fakes are started, and
+        # their URLs written in, before any collector is built): read once, here.
+        self._config = ctx.config
+        self._cfg: EnginesConfig = ctx.config.collectors.engines
         self._states: dict[str, TargetState] = {}
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._discovery = PodDiscovery()
-
-    @property
-    def _cfg(self) -> EnginesConfig:
-        return self._ctx.config.collectors.engines
 
     def schedules(self) -> dict[Tier, Schedule]:
         return {Tier.FAST: Schedule(self._cfg.cadence.fast, self._cfg.timeout)}
@@ -72,7 +71,7 @@ class EnginesCollector(Collector):
     async def _targets(self) -> list[Target]:
         static = static_targets(self._cfg)
         if self._cfg.discovery:
-            await self._discovery.refresh(self._ctx.config)
+            await self._discovery.refresh(self._config)
         urls = {t.url for t in static}
         targets = static + [t for t in self._discovery.targets if t.url not in urls]
         live = {t.url for t in targets}
