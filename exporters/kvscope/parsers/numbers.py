@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 U64_MAX = 2**64 - 1
-_U64 = re.compile(r"^\s*(\d{1,20})\s*$")  # 2^64 - 1 has 20 digits
+# ASCII only: \d alone also matches other scripts' digits, which no kernel counter prints.
+_U64 = re.compile(r"^\s*([0-9]{1,20})\s*$", re.ASCII)  # 2^64 - 1 has 20 digits
 
 
 def parse_u64(text: str) -> int | None:

@@ -36,6 +36,8 @@ def test_counters(text: str, value: int) -> None:
         "",
         " ",
         "N/A",
+        "\u0661\u0662\u0663",  # Arabic-Indic digits: int() reads them, no kernel prints them
+        "\uff11\uff12",  # fullwidth digits
     ],
 )
 def test_anything_else_is_none(text: str) -> None:
