@@ -23,7 +23,9 @@ from kvscope.collectors.base import Collector, CollectorError, PollResult, Pool,
 from kvscope.collectors.dcgm_compat import DEFAULT_COMPAT, Compat
 from kvscope.collectors.labels import gpu_identity_labels
 from kvscope.context import NodeContext
+from kvscope.parsers.nvidia_procfs import ProcfsGpu
 from kvscope.render.families import Family, counter, gauge, non_empty
+from kvscope.sources.nvidia_procfs import read_gpus
 from kvscope.sources.nvml import (
     FAST_READERS,
     SLOW_READERS,
@@ -119,6 +121,13 @@ def _reason(exc: NvmlError) -> str:
     return exc.name if exc.name.startswith("nvml_") else f"nvml_{exc.name}"
 
 
+def _procfs_identity(gpu: ProcfsGpu) -> GpuIdentity:
+    """A GPU the driver lists, as NVML would name it; NVML's index is taken to be the device
+    minor, which it is unless GPUs are hidden from the agent."""
+    return GpuIdentity(index=gpu.minor, minor=gpu.minor, uuid=gpu.uuid, name=gpu.model,
+                       pci_bus_id=gpu.pci_bus_id, mig_enabled=None)
+
+
 class GpuCollector(Collector):
     name = "gpu"
 
@@ -161,6 +170,8 @@ class GpuCollector(Collector):
             if tier is Tier.FAST and self._unavailable is None and \
                     self._source.inventory is not None and self._source.inventory.gpus:
                 return await self._poll_fast(pool)
+            if tier is Tier.FAST and self._unavailable is None and self._source.inventory is None:
+                return await self._poll_fast_from_procfs(pool)
             return PollResult(await self._families_of(tier, pool))
         except NvmlError as exc:
             if exc.library_gone:
@@ -233,6 +244,29 @@ class GpuCollector(Collector):
         for gpu in self._identities:
             up.add(self._labels(gpu), 0)
         return PollResult(non_empty(up), [CollectorError(reason, message)])
+
+    async def _poll_fast_from_procfs(self, pool: Pool) -> PollResult:
+        """NVML has not enumerated the GPUs yet (it hangs or fails from boot): kvscope_gpu_up 0
+        for each GPU the driver lists in procfs, so an alert on it fires from boot too. With no
+        procfs list either, only the tier's error: the collector says it is down."""
+        why = "NVML has not enumerated the GPUs (the static tier hangs or fails)"
+        deadline = self._cfg.timeout * 0.8
+        try:
+            found = await asyncio.wait_for(pool.run(read_gpus, self._ctx.config.paths.procfs),
+                                           deadline)
+        except TimeoutError:
+            return PollResult((), [
+                CollectorError("not_initialised", why),
+                CollectorError("procfs_timeout", f"the driver's GPU list in procfs was not read "
+                               f"within {deadline:.1f}s")])
+        errors = [CollectorError("not_initialised", f"{why}; kvscope_gpu_up 0 for the "
+                                 f"{len(found.gpus)} GPUs the driver lists in procfs")]
+        if found.errors:
+            errors.append(CollectorError("procfs_parse", "; ".join(found.errors)))
+        up = self._up_family()
+        for gpu in found.gpus:
+            up.add(self._labels(_procfs_identity(gpu)), 0)
+        return PollResult(non_empty(up), errors)
 
     async def _poll_events(self, pool: Pool, source: NvmlSource) -> list[Metric]:
         """XID events. A wait that fails other than by timing out (the library went away, the

@@ -124,6 +124,10 @@ class SimNode:
     # (from, until) elapsed seconds: the driver is unloaded (every call fails, as on a driver
     # reload or upgrade); after it, calls fail as uninitialised until nvmlInit runs again.
     driver_reload: tuple[float, float] | None = None
+    # (from, until) elapsed seconds: the driver is wedged. A call made in the window blocks,
+    # holding the process-wide lock, until the window ends; from 0 even nvmlInit hangs, so NVML
+    # never enumerates the GPUs.
+    wedged: tuple[float, float] | None = None
     seed: int = 7
     # Later subsystems hang their models here (each owned by its sim/<subsystem>.py module).
     pods: list[SimPod] = field(default_factory=list)
@@ -142,6 +146,10 @@ class SimNode:
 
     def driver_gone(self) -> bool:
         window = self.driver_reload
+        return window is not None and window[0] <= self.elapsed() < window[1]
+
+    def is_wedged(self) -> bool:
+        window = self.wedged
         return window is not None and window[0] <= self.elapsed() < window[1]
 
     def is_lost(self, gpu: SimGpu) -> bool:

@@ -63,6 +63,7 @@ NVLINK_PER_LINK_FIELD_LATENCY = (0.48e-3, 0.58e-3)
 SCOPE_ALL_LINKS = 0xFFFFFFFF
 INVALID_ARGUMENT = 2
 DEFAULT_LATENCY = (2e-6, 4e-6)
+WEDGE_POLL = 0.01  # seconds between looks at the node's clock while the driver is wedged
 SPIN_BELOW = 200e-6  # shorter waits spin (an ioctl costs CPU), longer ones sleep
 
 
@@ -185,6 +186,10 @@ class FakeNvml:
         if self.node.library_missing:
             raise NVMLError(LIBRARY_NOT_FOUND)
         self._check_driver(name)
+        if self.node.is_wedged():
+            with self._serial:  # every other caller of the process waits too
+                while self.node.is_wedged():
+                    time.sleep(WEDGE_POLL)
         if name in self.node.slow_calls:
             # A hung call holds the process-wide lock: a wedged driver blocks every NVML caller
             # of the process, not only the one that hung.

@@ -89,9 +89,15 @@ def xid_79(opts: SimOptions) -> SimNode:
     return node
 
 
+# How long the nvml-hang scenario's driver stays wedged: longer than any demo or test runs.
+NVML_HANG_SECONDS = 3600.0
+
+
 def nvml_hang(opts: SimOptions) -> SimNode:
-    """The driver stops answering a cheap call (seen with wedged GPUs): reads hang, not fail."""
-    return _node(opts, slow_calls={"nvmlDeviceGetUtilizationRates": 3600.0})
+    """The driver wedges after the fault delay (seen with wedged GPUs): NVML calls hang, not
+    fail. With a delay of 0 it is wedged from boot, so NVML never enumerates the GPUs."""
+    start = opts.fault_delay
+    return _node(opts, wedged=(start, start + NVML_HANG_SECONDS))
 
 
 def driver_reload(opts: SimOptions) -> SimNode:
@@ -113,8 +119,9 @@ SCENARIOS: dict[str, Scenario] = {
                  gpu0_hotspot),
         Scenario("oom-risk", "GPU 2 framebuffer 99.5% full, peers at 87%", oom_risk),
         Scenario("xid-79", "GPU 3 falls off the bus (XID 79) after the fault delay", xid_79),
-        Scenario("nvml-hang", "an NVML call hangs: the GPU collector reports itself down, "
-                 "the rest is served", nvml_hang),
+        Scenario("nvml-hang", "the driver wedges after the fault delay (from boot at 0): NVML "
+                 "calls hang, the GPU collector reports itself down, the rest is served",
+                 nvml_hang),
         Scenario("no-nvml", "NVML library missing: no GPU series, everything else served",
                  no_gpu_library),
         Scenario("driver-reload", "the NVIDIA driver goes away for 20 s after the fault delay "
@@ -140,6 +147,7 @@ SUBSYSTEM_MODULES: list[str] = [
     "kvscope.sim.engines",
     "kvscope.sim.incidents",
     "kvscope.sim.mig",
+    "kvscope.sim.procfs",
 ]
 
 

@@ -64,6 +64,7 @@ SERVES: dict[str, frozenset[str]] = {
     "start_kubelet": frozenset({"topology"}),
     "start_rdma": frozenset({"rdma"}),
     "start_engines": frozenset({"engines"}),
+    "start_procfs": frozenset({"gpu"}),
 }
 
 

@@ -87,12 +87,14 @@ async def test_one_failing_call_leaves_the_gpu_up() -> None:
     await runtime.stop()
 
 
-async def test_a_hang_from_boot_exports_gpu_up_0_and_keeps_exporting_it() -> None:
-    ctx = sim_context("nvml-hang", oneshot=False, overrides={
+async def test_a_hang_after_enumeration_exports_gpu_up_0_and_keeps_exporting_it() -> None:
+    clock = FrozenClock()
+    ctx = sim_context("nvml-hang", clock=clock, fault_delay=1.0, oneshot=False, overrides={
         "collectors.gpu.timeout": 0.3, "collectors.gpu.cadence.fast": 0.2})
     runtime = build_runtime(ctx)
     await runtime.start()
     try:
+        clock.advance(2.0)  # the driver wedges after the GPUs were enumerated
         await asyncio.sleep(2.0)  # many fast polls, all behind the first, hung read
         assert gpu_up(runtime) == [0.0] * 8  # so an alert on kvscope_gpu_up == 0 fires
         errors = {lb["reason"] for lb, _ in

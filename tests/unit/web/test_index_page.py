@@ -118,7 +118,8 @@ def test_index_page_of_a_real_demo(tmp_path: Path) -> None:
 def test_busy_tier_is_explained_in_plain_words(tmp_path: Path) -> None:
     config = tmp_path / "kvscope.yml"
     config.write_text("collectors:\n  gpu: {timeout: 0.5, cadence: {fast: 1}}\n")
-    with Agent("demo", "--scenario", "nvml-hang", "--sim.fault-delay", "0",
+    # The driver wedges a second after boot, once the GPUs are enumerated: the fast reads hang.
+    with Agent("demo", "--scenario", "nvml-hang", "--sim.fault-delay", "1",
                "--config", str(config)) as agent:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
