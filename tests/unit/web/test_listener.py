@@ -194,16 +194,23 @@ def _limited_agent(port: int, log: Path) -> subprocess.Popen[bytes]:
         env=_env(), cwd=REPO, preexec_fn=limit)  # noqa: PLW1509 (the test has no threads)
 
 
+def _recv_more(sock: socket.socket, data: bytes) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:  # closed by the agent: fail here rather than spin on empty reads
+        raise AssertionError(f"connection closed after {len(data)} bytes: {data[:200]!r}")
+    return data + chunk
+
+
 def _http_get(sock: socket.socket) -> bytes:
     sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data = _recv_more(sock, data)
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length")))
     while len(body) < length:
-        body += sock.recv(65536)
+        body = _recv_more(sock, body)
     return head
 
 
