@@ -17,7 +17,7 @@ import click
 from kvscope import __version__
 from kvscope.collectors.dcgm_compat import GENERATIONS
 from kvscope.collectors.registry import CONFIGURABLE
-from kvscope.config import Config, ConfigError, load
+from kvscope.config import WEEK_SECONDS, Config, ConfigError, load
 
 if TYPE_CHECKING:
     from kvscope.context import NodeContext
@@ -155,9 +155,40 @@ def serve(config: Config) -> None:
     asyncio.run(_with_node(config, serve_forever))
 
 
+
+if TYPE_CHECKING:  # click 8.5 made ParamType generic; older releases are not subscriptable
+    _FloatFlag = click.ParamType[float]
+else:
+    _FloatFlag = click.ParamType
+
+
+class SecondsFlag(_FloatFlag):
+    """Seconds on the command line, bounded as config.Seconds is: finite, at most a week, and
+    above zero unless zero means "now" (a fault delay, a doctor window). float() alone takes
+    `inf` and `nan`, which would make a wait endless or every comparison false."""
+
+    name = "seconds"
+
+    def __init__(self, allow_zero: bool = False) -> None:
+        self.allow_zero = allow_zero
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{str(value)[:40]!r} is not a number of seconds", param, ctx)
+        low_ok = seconds >= 0 if self.allow_zero else seconds > 0
+        if not (low_ok and seconds <= WEEK_SECONDS):  # also false for nan
+            low = "0 or more" if self.allow_zero else "above 0"
+            self.fail(f"{str(value)[:40]} seconds: must be finite, {low} and at most "
+                      f"{WEEK_SECONDS} (a week)", param, ctx)
+        return seconds
+
 @main.command()
 @_common_options
-@click.option("--sim.fault-delay", "fault_delay", type=float, default=30.0, show_default=True,
+@click.option("--sim.fault-delay", "fault_delay", type=SecondsFlag(allow_zero=True),
+              default=30.0, show_default=True,
               help="Seconds before the scenario's fault strikes.")
 @_run
 def demo(config: Config, fault_delay: float) -> None:
@@ -184,9 +215,9 @@ def collect(config: Config) -> None:
 @_common_options
 @click.option("--url", help="Read a running agent's /metrics instead of this node "
               "(http://<host>:<port>[/metrics]); needs no privilege on that node.")
-@click.option("--url.timeout", "url_timeout", type=float, default=10.0, show_default=True,
+@click.option("--url.timeout", "url_timeout", type=SecondsFlag(), default=10.0, show_default=True,
               help="Seconds to wait for the agent at --url.")
-@click.option("--window", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--window", type=SecondsFlag(allow_zero=True), default=0.0, show_default=True,
               help="Read twice, this many seconds apart, to judge rates (KV transfer speed, "
               "new failures) instead of totals since start.")
 @_run

@@ -6,9 +6,10 @@ entry point the agent's cli uses.
 """
 
 from kvscope.sim.backends import build_backends, node_backends
+from kvscope.sim.catalogue import SCENARIOS
 from kvscope.sim.node import SimGpu, SimNode, SimPod
 from kvscope.sim.nvml import FakeNvml
-from kvscope.sim.scenarios import SCENARIOS, build_scenario
+from kvscope.sim.scenarios import build_scenario
 
 __all__ = ["SCENARIOS", "FakeNvml", "SimGpu", "SimNode", "SimPod", "build_backends",
            "build_scenario", "node_backends"]

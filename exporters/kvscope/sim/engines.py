@@ -28,16 +28,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.utils import floatToGoString
 
-from kvscope.sim import pods as _pods  # noqa: F401 - the PD pods must be equipped first
+from kvscope.sim import scenarios
 from kvscope.sim.node import SimNode
-from kvscope.sim.scenarios import (
-    DEFAULT_EQUIPMENT,
-    SCENARIOS,
-    Scenario,
-    SimOptions,
-    register,
-)
-from kvscope.sim.services import STARTERS
+from kvscope.sim.scenarios import Scenario, SimOptions
 
 UPTIME = 3600.0  # seconds each engine has been serving when the node model starts
 
@@ -775,8 +768,6 @@ async def start_engines(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
     return {"collectors.engines.targets": static} if static else {}
 
 
-STARTERS.append(start_engines)
-
 
 # ---- default equipment and scenarios -----------------------------------------------------
 
@@ -802,8 +793,6 @@ def equip_engines(node: SimNode, opts: SimOptions) -> None:
     node.engines.extend(default_engines())
 
 
-DEFAULT_EQUIPMENT.append(equip_engines)
-
 
 def engine(node: SimNode, name: str) -> SimEngine:
     return next(e for e in node.engines if isinstance(e, SimEngine) and e.name == name)
@@ -812,7 +801,7 @@ def engine(node: SimNode, name: str) -> SimEngine:
 def _faulted(faults: Mapping[str, Mapping[str, float]], down: Sequence[str] = ()) \
         -> Callable[[SimOptions], SimNode]:
     def build(opts: SimOptions) -> SimNode:
-        node = SCENARIOS["healthy"].build(opts)
+        node = scenarios.healthy(opts)
         for name, overrides in faults.items():
             e = engine(node, name)
             e.fault = dict(overrides)
@@ -824,7 +813,7 @@ def _faulted(faults: Mapping[str, Mapping[str, float]], down: Sequence[str] = ()
     return build
 
 
-# Registered here rather than with the topology scenarios because it moves the engines' pods
+# Listed here rather than with the topology scenarios because it moves the engines' pods
 # (and their engines' GPUs) together. The PD pods on a PCIe-only node, placed without regard to
 # CPU sockets: each TP4 group spans
 # both sockets, so its GPUs meet over SYS (the scheduler's NUMA blindness, not the hardware).
@@ -845,7 +834,7 @@ def pcie_only_tp(opts: SimOptions) -> SimNode:
     return node
 
 
-for _scenario in (
+SCENARIOS: tuple[Scenario, ...] = (
     Scenario("pcie-only-tp", "8 x L40S (PCIe only): each PD pod's TP4 GPUs span both CPU "
              "sockets and meet over SYS", pcie_only_tp),
     Scenario("kv-cache-full", "decode KV cache at 99.5%: requests queue and get retracted",
@@ -862,5 +851,4 @@ for _scenario in (
                        DECODE: {"transfer_q": 60, "ttft": 3.0}})),
     Scenario("engine-down", "the decode engine stops answering (process gone)",
              _faulted({}, down=(DECODE,))),
-):
-    register(_scenario)
+)

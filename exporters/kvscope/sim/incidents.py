@@ -15,7 +15,7 @@ from __future__ import annotations
 from kvscope.sim import scenarios
 from kvscope.sim.engines import DECODE, PREFILL
 from kvscope.sim.node import SimNode
-from kvscope.sim.scenarios import Scenario, SimOptions, register
+from kvscope.sim.scenarios import Scenario, SimOptions
 from kvscope.sim.topology import _retopologise, nvl_bridged_pairs
 
 SKEWED_DRIVER = "570.133.20"  # the R570 branch next to the default node's 580.95.05
@@ -73,12 +73,11 @@ def tp_over_pcie(opts: SimOptions) -> SimNode:
     return node
 
 
-for _scenario in (
+SCENARIOS: tuple[Scenario, ...] = (
     Scenario("driver-skew", f"driver {SKEWED_DRIVER} on a node of PD group qwen25-72b "
              "(run next to a healthy agent)", driver_skew),
     Scenario("pd-switch-types", "a node of PD group qwen25-72b under a RoCE (Ethernet) switch "
              "(run next to a healthy agent under InfiniBand)", pd_switch_types),
     Scenario("tp-over-pcie", "8 x H100 NVL bridged in pairs: each TP-4 pod spans two bridges, "
              "half its GPU pairs over PCIe", tp_over_pcie),
-):
-    register(_scenario)
+)

@@ -6,6 +6,7 @@ Real HTTP on loopback, same JSON shapes as the API server (PodList, Node), so th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +14,9 @@ from aiohttp import web
 from kvscope.sim.node import SimNode, SimPod
 
 NODE_KEY = web.AppKey("node", SimNode)
+
+# Adds a subsystem's routes (e.g. Volcano HyperNodes) to the fake API.
+ApiExtension = Callable[[web.Application, SimNode], None]
 
 
 def pod_object(pod: SimPod, node_name: str) -> dict[str, Any]:
@@ -49,7 +53,9 @@ async def _node(request: web.Request) -> web.Response:
 
 
 def build_app(node: SimNode) -> web.Application:
-    """The fake API; subsystem simulators add routes (e.g. Volcano HyperNodes) to it."""
+    """The fake API, with the routes of the catalogue's API extensions."""
+    from kvscope.sim.catalogue import API_EXTENSIONS
+
     app = web.Application()
     app[NODE_KEY] = node
     app.router.add_get("/api/v1/pods", _pods)
@@ -57,6 +63,3 @@ def build_app(node: SimNode) -> web.Application:
     for extend in API_EXTENSIONS:
         extend(app, node)
     return app
-
-
-API_EXTENSIONS: list[Any] = []  # callables (app, node) -> None

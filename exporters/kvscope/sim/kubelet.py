@@ -11,12 +11,11 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from kvscope.sim import services
 from kvscope.sim.node import SimNode
 
 
 async def start_kubelet(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
-    """services.STARTERS hook: a fake kubelet in a temporary directory."""
+    """A fake kubelet in a temporary directory (a starter of `catalogue.STARTERS`)."""
     if not node.pods:
         return {}
     from kvscope.sim.kubelet_server import start_kubelet_sync
@@ -34,6 +33,3 @@ def __getattr__(name: str) -> Any:
 
     return getattr(kubelet_server, name)
 
-
-if start_kubelet not in services.STARTERS:
-    services.STARTERS.append(start_kubelet)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 
 from kvscope.sim.node import SimMig, SimNode, SimPod
-from kvscope.sim.scenarios import Scenario, SimOptions, _node, register
+from kvscope.sim.scenarios import Scenario, SimOptions, _node
 
 H200_NAME = "NVIDIA H200"
 H200_MEMORY_MIB = 143771  # nvidia-smi on the lent H200
@@ -49,5 +49,6 @@ def mig_node(opts: SimOptions) -> SimNode:
     return node
 
 
-register(Scenario("mig", "8 x H200, GPU 7 in MIG mode: 7 x 1g.18gb, three held by pods",
-                  mig_node))
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("mig", "8 x H200, GPU 7 in MIG mode: 7 x 1g.18gb, three held by pods", mig_node),
+)

@@ -8,7 +8,7 @@ their peers. Scenarios break that on purpose.
 from __future__ import annotations
 
 from kvscope.sim.node import SimNode, SimPod
-from kvscope.sim.scenarios import DEFAULT_EQUIPMENT, SimOptions
+from kvscope.sim.scenarios import SimOptions
 
 ROLE_LABEL = "kvscope.io/pd-role"
 GROUP_LABEL = "kvscope.io/pd-group"
@@ -43,5 +43,3 @@ def equip_pd_pods(node: SimNode, opts: SimOptions) -> None:
         "topology.kubernetes.io/switch-type": "infiniband",
     })
 
-
-DEFAULT_EQUIPMENT.append(equip_pd_pods)

@@ -45,5 +45,3 @@ async def start_procfs(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
     await asyncio.to_thread(write_procfs, node, root)
     return {"paths.procfs": str(root)}
 
-
-services.STARTERS.append(start_procfs)

@@ -25,7 +25,7 @@ from typing import Any
 from kvscope.parsers.eadm import OOT_COUNTERS
 from kvscope.sim import services
 from kvscope.sim.node import SimNode
-from kvscope.sim.scenarios import DEFAULT_EQUIPMENT, Scenario, SimOptions, _node, register
+from kvscope.sim.scenarios import Scenario, SimOptions, _node
 from kvscope.sim.verbs import fake_pyverbs
 
 REFRESH = 2.5  # seconds between rewrites of the moving sysfs values (half the fast cadence)
@@ -371,8 +371,6 @@ def use_erdma(node: SimNode) -> SimRdma:
     return rdma
 
 
-DEFAULT_EQUIPMENT.append(equip_rdma)
-
 
 # ---- scenarios -------------------------------------------------------------------------------
 
@@ -426,7 +424,7 @@ def port_down(opts: SimOptions) -> SimNode:
     return node
 
 
-for _scenario in (
+SCENARIOS: tuple[Scenario, ...] = (
     Scenario("erdma", "eRDMA node (Alibaba driver, 25 Gb/s port, max_sge 1), healthy",
              erdma_healthy),
     Scenario("erdma-no-compat", "eRDMA driver without compat_mode: out-of-band QP setup "
@@ -437,8 +435,7 @@ for _scenario in (
              "while the port reports 25 Gb/s", erdma_throttle),
     Scenario("link-degraded", "mlx5_1 renegotiates from 200 to 100 Gb/s (4X EDR)", link_degraded),
     Scenario("port-down", "mlx5_2's port goes DOWN (phys_state Disabled)", port_down),
-):
-    register(_scenario)
+)
 
 
 # ---- the starter: files, programs and config overrides ----------------------------------------
@@ -472,5 +469,3 @@ async def start_rdma(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]:
             "collectors.rdma.log_follow": True,
             "collectors.rdma.log_paths": [str(root / "logs/pods/*/*/*.log")]}
 
-
-services.STARTERS.append(start_rdma)

@@ -3,7 +3,8 @@
 Each scenario reproduces a field incident kvscope exists to show. Faults are timed from
 `fault_delay` so that `kvscope demo` shows the healthy node first and the fault arriving;
 `kvscope collect` uses a delay of 0 and so prints the node as it is after the fault.
-Later subsystems (NVLink, RDMA, pods, engines) register their scenarios in the same table.
+The subsystem simulators (NVLink, RDMA, engines, ...) define theirs; `catalogue` lists them
+all, with the equipment every scenario's node starts from.
 """
 
 from __future__ import annotations
@@ -31,23 +32,21 @@ class Scenario:
     build: Callable[[SimOptions], SimNode]
 
 
-# Each subsystem's sim module appends a function that equips the default node (NVLink mesh,
-# RDMA NICs, PD pods, engines); every scenario starts from that fully equipped node.
-DEFAULT_EQUIPMENT: list[Callable[[SimNode, SimOptions], None]] = []
+# Equips a bare node with one subsystem (PD pods, NVLink mesh, RDMA NICs, engines).
+Equipment = Callable[[SimNode, SimOptions], None]
 
 
 def _node(opts: SimOptions, **fields: object) -> SimNode:
+    """The default node, fully equipped: every scenario starts from it."""
+    # Imported here: the catalogue imports the subsystem modules, which import this one.
+    from kvscope.sim.catalogue import EQUIPMENT
+
     node = SimNode(hostname=opts.hostname, gpus=make_gpus(opts.hostname), clock=opts.clock,
                    latency_scale=opts.latency_scale, start_elapsed=opts.start_elapsed,
                    **fields)  # type: ignore[arg-type]
-    for equip in DEFAULT_EQUIPMENT:
+    for equip in EQUIPMENT:
         equip(node, opts)
     return node
-
-
-def register(scenario: Scenario) -> None:
-    """Add a scenario; subsystem sim modules call this at import."""
-    SCENARIOS[scenario.name] = scenario
 
 
 def healthy(opts: SimOptions) -> SimNode:
@@ -60,7 +59,9 @@ HOTSPOT_UTIL = (98, 82, 78, 72, 68, 65, 52, 48)
 
 
 def all_scenarios() -> dict[str, Scenario]:
-    _load_subsystems()
+    """Every scenario of every subsystem, by name, in the catalogue's order."""
+    from kvscope.sim.catalogue import SCENARIOS
+
     return SCENARIOS
 
 
@@ -112,8 +113,8 @@ def no_gpu_library(opts: SimOptions) -> SimNode:
     return _node(opts, library_missing=True)
 
 
-SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (
+# The node's own scenarios (GPUs and NVML); the subsystems' follow them in the catalogue.
+SCENARIOS: tuple[Scenario, ...] = (
         Scenario("healthy", "8 x H100 80GB HBM3, NV18 links, moderate moving load", healthy),
         Scenario("gpu0-hotspot", "GPU 0 syndrome: utilisation 98 82 78 72 68 65 52 48 %",
                  gpu0_hotspot),
@@ -126,36 +127,14 @@ SCENARIOS: dict[str, Scenario] = {
                  no_gpu_library),
         Scenario("driver-reload", "the NVIDIA driver goes away for 20 s after the fault delay "
                  "and comes back: GPU series return without a restart", driver_reload),
-    )
-}
-
-
-def _load_subsystems() -> None:
-    """Import the subsystem simulators so their equipment and scenarios are registered."""
-    import importlib
-
-    for module in SUBSYSTEM_MODULES:
-        importlib.import_module(module)
-
-
-# Subsystem simulators, imported lazily (they import this module for `register`).
-SUBSYSTEM_MODULES: list[str] = [
-    "kvscope.sim.pods",
-    "kvscope.sim.topology",
-    "kvscope.sim.kubelet",
-    "kvscope.sim.rdma",
-    "kvscope.sim.engines",
-    "kvscope.sim.incidents",
-    "kvscope.sim.mig",
-    "kvscope.sim.procfs",
-]
+)
 
 
 def build_scenario(name: str, opts: SimOptions | None = None) -> SimNode:
-    _load_subsystems()
+    known_scenarios = all_scenarios()
     try:
-        scenario = SCENARIOS[name]
+        scenario = known_scenarios[name]
     except KeyError:
-        known = ", ".join(sorted(SCENARIOS))
+        known = ", ".join(sorted(known_scenarios))
         raise ValueError(f"unknown scenario {name!r} (known: {known})") from None
     return scenario.build(opts or SimOptions())

@@ -52,9 +52,6 @@ async def start_kube_api(node: SimNode, stack: AsyncExitStack) -> dict[str, Any]
     return {"kubernetes.api_url": url}
 
 
-# Subsystem simulators append their starters (kubelet pod-resources, engine servers, ...).
-STARTERS: list[Starter] = [start_kube_api]
-
 # Which collectors each fake serves: a fake nobody reads is not started, so a demo or benchmark
 # with a collector switched off carries no cost for its simulator (the RDMA tree is rewritten
 # every second, the engines serve 100 KB expositions).
@@ -70,7 +67,10 @@ SERVES: dict[str, frozenset[str]] = {
 
 async def start_all(node: SimNode, stack: AsyncExitStack,
                     enabled: frozenset[str] | None = None) -> dict[str, Any]:
-    """Start the fakes that serve the `enabled` collectors (all when None)."""
+    """Start the fakes that serve the `enabled` collectors (all when None), in the catalogue's
+    order."""
+    from kvscope.sim.catalogue import STARTERS
+
     overrides: dict[str, Any] = {}
     for start in STARTERS:
         serves = SERVES.get(start.__name__)

@@ -31,7 +31,7 @@ from aiohttp import web
 from kvscope.sim import kubeapi, scenarios
 from kvscope.sim.node import SimNode, SimPod
 from kvscope.sim.pods import GROUP_LABEL, PD_GROUP, ROLE_LABEL, pd_pods
-from kvscope.sim.scenarios import DEFAULT_EQUIPMENT, Scenario, SimOptions, register
+from kvscope.sim.scenarios import Scenario, SimOptions
 
 NVML_TOPOLOGY_SINGLE = 10
 NVML_TOPOLOGY_HOSTBRIDGE = 30
@@ -231,8 +231,6 @@ def equip_topology(node: SimNode, opts: SimOptions) -> None:
     node.topology = topo
 
 
-DEFAULT_EQUIPMENT.append(equip_topology)
-
 
 # ---- sysfs PCI tree -----------------------------------------------------------------------------
 
@@ -310,7 +308,7 @@ def nic_pci_path(node: SimNode, name: str) -> tuple[str, int] | None:
 HYPERNODES_PATH = "/apis/topology.volcano.sh/v1alpha1/hypernodes"
 
 
-def _add_hypernodes(app: web.Application, node: SimNode) -> None:
+def add_hypernodes(app: web.Application, node: SimNode) -> None:
     async def hypernodes(request: web.Request) -> web.Response:
         topo = request.app[kubeapi.NODE_KEY].topology
         items = getattr(topo, "hypernodes", None)
@@ -322,18 +320,6 @@ def _add_hypernodes(app: web.Application, node: SimNode) -> None:
 
     app.router.add_get(HYPERNODES_PATH, hypernodes)
 
-
-kubeapi.API_EXTENSIONS.append(_add_hypernodes)
-
-
-def _register_services() -> None:
-    from kvscope.sim import services
-
-    if start_sysfs not in services.STARTERS:
-        services.STARTERS.append(start_sysfs)
-
-
-_register_services()
 
 
 # ---- scenarios ----------------------------------------------------------------------------------
@@ -415,7 +401,7 @@ def nvlink_degraded(opts: SimOptions) -> SimNode:
     return node
 
 
-for _scenario in (
+SCENARIOS: tuple[Scenario, ...] = (
     Scenario("nvlink-bypass", "PD pods on NV18 GPUs in isolated containers: KV over TCP, "
              "NVLink flat", nvlink_bypass),
     Scenario("pcie-only", "8 x L40S, no NVLink: PD KV path is PCIe (PIX/NODE/SYS)",
@@ -425,5 +411,4 @@ for _scenario in (
              h200x2_node),
     Scenario("nvlink-degraded", "GPU 5: two NVLinks down, replay/recovery errors climbing",
              nvlink_degraded),
-):
-    register(_scenario)
+)

@@ -260,12 +260,11 @@ async def test_discovery_failure_keeps_known_targets() -> None:
     assert find(samples, "kvscope_engine_up", role="decode", reason="") == [1.0]
 
 
-def test_sim_module_registers_its_starter_and_equipment() -> None:
-    from kvscope.sim.scenarios import DEFAULT_EQUIPMENT
-    from kvscope.sim.services import STARTERS
+def test_the_catalogue_lists_the_engines_starter_and_equipment() -> None:
+    from kvscope.sim.catalogue import EQUIPMENT, STARTERS
 
     assert sim_engines.start_engines in STARTERS
-    assert sim_engines.equip_engines in DEFAULT_EQUIPMENT
+    assert sim_engines.equip_engines in EQUIPMENT
 
 
 def test_promtool_accepts_the_engine_families() -> None:
