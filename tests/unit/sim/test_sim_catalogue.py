@@ -87,6 +87,7 @@ def test_the_simulator_is_the_same_whichever_module_is_imported_first(first: str
         "kvscope.sim.kubelet.start_kubelet",
         "kvscope.sim.rdma.start_rdma",
         "kvscope.sim.engines.start_engines",
+        "kvscope.sim.procfs.start_procfs",
     ]
 
 
