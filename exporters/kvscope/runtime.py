@@ -168,6 +168,11 @@ class _Rendered:
         return raw
 
 
+# Pauses between failing polls of an event tier: doubling from the first to the last.
+EVENT_RETRY_MIN = 0.5
+EVENT_RETRY_MAX = 30.0
+
+
 class Runtime:
     """Owns the collectors' poll loops, their snapshots and the rendered exposition."""
 
@@ -290,12 +295,19 @@ class Runtime:
 
     async def _tier_loop(self, collector: Collector, tier: Tier) -> None:
         sched = self._tiers[(collector.name, tier)].schedule
+        retry = 0.0
         while not self._stopping:
             started = time.monotonic()
-            await self.poll_once(collector, tier)
+            snap = await self.poll_once(collector, tier)
             elapsed = time.monotonic() - started
-            # Fixed-rate schedule; an event tier (interval 0) still yields to the loop.
-            await asyncio.sleep(max(0.0, sched.interval - elapsed))
+            # Fixed-rate schedule. An event tier (interval 0) blocks inside its poll, so one that
+            # fails returns at once (its read still hung: "busy"; the library gone): without a
+            # pause it would poll as fast as the loop runs, a core and a counter in the millions.
+            if sched.interval == 0 and snap.errors:
+                retry = min(EVENT_RETRY_MAX, max(EVENT_RETRY_MIN, retry * 2))
+            else:
+                retry = 0.0
+            await asyncio.sleep(max(retry, sched.interval - elapsed))
 
     async def poll_all_once(self) -> None:
         """One poll of every tier: static first, then the rest concurrently (used by `collect`)."""

@@ -214,3 +214,33 @@ async def test_stop_ends_loops_even_when_a_cancellation_is_swallowed() -> None:
         started = loop.time()
         await asyncio.wait_for(runtime.stop(), 10)
         assert loop.time() - started < 5
+
+
+class FailingEvents(Collector):
+    """An event tier whose poll fails at once, as it does while its previous NVML wait still
+    hangs ("busy") or the library is gone: nothing in the poll blocks any more."""
+
+    name = "failing-events"
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def schedules(self) -> dict[Tier, Schedule]:
+        return {Tier.EVENT: Schedule(0.0, 5)}
+
+    async def poll(self, tier: Tier, pool: Pool) -> PollResult:
+        self.polls += 1
+        return PollResult((), (CollectorError("busy", "previous read still running"),))
+
+
+async def test_a_failing_event_tier_backs_off_instead_of_spinning() -> None:
+    failing, healthy = FailingEvents(), Spinning()
+    runtime = Runtime([failing, healthy])
+    await runtime.start()
+    await asyncio.sleep(1.2)
+    await runtime.stop()
+    # Pauses of 0.5 s, then 1 s: at most three polls in 1.2 s (thousands without the pause).
+    assert 1 <= failing.polls <= 3, failing.polls
+    body = runtime.exposition()
+    assert health(body)["failing-events"] == 0
+    assert errors(body)[("failing-events", "busy")] == failing.polls
